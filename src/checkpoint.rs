@@ -1,0 +1,385 @@
+//! The acknowledged frontier: the highest Kinesis position that is safe to checkpoint.
+//!
+//! A position is safe when its record and every record before it in the shard have been
+//! acknowledged by Kafka. Acknowledgements arrive out of order (different partitions,
+//! different brokers), so the tracker keeps the records in flight in shard order and
+//! advances the frontier over the longest fully acknowledged prefix.
+//!
+//! One Kinesis record may become several Kafka messages, or none; it is done when all of
+//! its messages are acknowledged. A record that Kafka refuses for good is never done, so
+//! the frontier can never pass it.
+
+use std::cmp::Ordering;
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// A position in a shard: (sequence number, sub-sequence number).
+///
+/// Sequence numbers are decimal strings of up to 128 digits (56 in practice), too large
+/// for any integer type, so they are compared as numbers written in decimal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub sequence_number: Box<str>,
+    pub sub_sequence_number: i64,
+}
+
+impl Position {
+    pub fn new(sequence_number: &str, sub_sequence_number: i64) -> Self {
+        Position {
+            sequence_number: sequence_number.into(),
+            sub_sequence_number,
+        }
+    }
+}
+
+/// Compares two non-negative decimal integers written as strings.
+pub fn compare_decimal(a: &str, b: &str) -> Ordering {
+    let a = a.trim_start_matches('0');
+    let b = b.trim_start_matches('0');
+    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+}
+
+impl Ord for Position {
+    fn cmp(&self, other: &Self) -> Ordering {
+        compare_decimal(&self.sequence_number, &other.sequence_number)
+            .then(self.sub_sequence_number.cmp(&other.sub_sequence_number))
+    }
+}
+
+impl PartialOrd for Position {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.sequence_number, self.sub_sequence_number)
+    }
+}
+
+/// Identifies a tracked record; carried as the delivery opaque of each of its messages.
+pub type RecordId = usize;
+
+/// A record that Kafka refused for good.
+#[derive(Debug, Clone)]
+pub struct DeliveryFailure {
+    pub position: Option<Position>,
+    pub reason: String,
+}
+
+impl fmt::Display for DeliveryFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.position {
+            Some(p) => write!(
+                f,
+                "sequence number {} sub-sequence {}: {}",
+                p.sequence_number, p.sub_sequence_number, self.reason
+            ),
+            None => write!(f, "a record without a sequence number: {}", self.reason),
+        }
+    }
+}
+
+struct Slot {
+    /// `None` when the daemon sent no sequence number: such a record cannot be a
+    /// checkpoint itself, but it still holds back every record after it.
+    position: Option<Position>,
+    /// Kafka messages of this record not yet acknowledged.
+    outstanding: u32,
+    bytes: usize,
+    failed: bool,
+}
+
+struct Inner {
+    /// The id of `slots[0]`. Ids are consecutive, so a slot is found by subtraction.
+    first_id: RecordId,
+    slots: VecDeque<Slot>,
+    frontier: Option<Position>,
+    in_flight_bytes: usize,
+    acknowledged_messages: u64,
+    failure: Option<DeliveryFailure>,
+}
+
+/// Shared between the session (which adds records) and librdkafka's delivery thread
+/// (which acknowledges them). Waiters are woken on every change.
+pub struct Frontier {
+    inner: Mutex<Inner>,
+    changed: Condvar,
+}
+
+/// A snapshot for logs and decisions.
+#[derive(Debug, Clone)]
+pub struct FrontierState {
+    pub frontier: Option<Position>,
+    pub in_flight_records: usize,
+    pub in_flight_bytes: usize,
+    pub acknowledged_messages: u64,
+    pub failure: Option<DeliveryFailure>,
+}
+
+impl Default for Frontier {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Frontier {
+    pub fn new() -> Self {
+        Frontier {
+            inner: Mutex::new(Inner {
+                first_id: 0,
+                slots: VecDeque::new(),
+                frontier: None,
+                in_flight_bytes: 0,
+                acknowledged_messages: 0,
+                failure: None,
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding this lock would be a bug in this module; the state itself
+        // stays consistent (every update is a few field writes), so keep going.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Starts tracking a record that will be sent as `messages` Kafka messages of
+    /// `bytes` in total. A record with no messages is done at once.
+    pub fn track(&self, position: Option<Position>, messages: u32, bytes: usize) -> RecordId {
+        let mut inner = self.lock();
+        let id = inner.first_id + inner.slots.len();
+        inner.slots.push_back(Slot {
+            position,
+            outstanding: messages,
+            bytes,
+            failed: false,
+        });
+        inner.in_flight_bytes += bytes;
+        if messages == 0 {
+            inner.advance();
+        }
+        id
+    }
+
+    /// One message of record `id` is acknowledged by Kafka.
+    pub fn acknowledge(&self, id: RecordId) {
+        let mut inner = self.lock();
+        inner.acknowledged_messages += 1;
+        let Some(index) = id.checked_sub(inner.first_id) else {
+            return;
+        };
+        let Some(slot) = inner.slots.get_mut(index) else {
+            return;
+        };
+        slot.outstanding = slot.outstanding.saturating_sub(1);
+        if slot.outstanding == 0 && index == 0 {
+            inner.advance();
+        }
+        drop(inner);
+        self.changed.notify_all();
+    }
+
+    /// Record `id` will never be delivered. The frontier stops before it for good.
+    pub fn fail(&self, id: RecordId, reason: String) {
+        let mut inner = self.lock();
+        if let Some(index) = id.checked_sub(inner.first_id) {
+            if let Some(slot) = inner.slots.get_mut(index) {
+                slot.failed = true;
+                let position = slot.position.clone();
+                if inner.failure.is_none() {
+                    inner.failure = Some(DeliveryFailure { position, reason });
+                }
+            }
+        }
+        drop(inner);
+        self.changed.notify_all();
+    }
+
+    /// Wakes the waiters without a change of state (e.g. a message to produce again).
+    pub fn wake(&self) {
+        self.changed.notify_all();
+    }
+
+    pub fn state(&self) -> FrontierState {
+        let inner = self.lock();
+        FrontierState {
+            frontier: inner.frontier.clone(),
+            in_flight_records: inner.slots.len(),
+            in_flight_bytes: inner.in_flight_bytes,
+            acknowledged_messages: inner.acknowledged_messages,
+            failure: inner.failure.clone(),
+        }
+    }
+
+    pub fn frontier(&self) -> Option<Position> {
+        self.lock().frontier.clone()
+    }
+
+    pub fn failure(&self) -> Option<DeliveryFailure> {
+        self.lock().failure.clone()
+    }
+
+    /// Waits until `done` holds for the current state, a failure is recorded, or the
+    /// timeout passes. Returns whether `done` holds.
+    pub fn wait_until(
+        &self,
+        timeout: Duration,
+        mut done: impl FnMut(&FrontierState) -> bool,
+    ) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut inner = self.lock();
+        loop {
+            let state = FrontierState {
+                frontier: None,
+                in_flight_records: inner.slots.len(),
+                in_flight_bytes: inner.in_flight_bytes,
+                acknowledged_messages: inner.acknowledged_messages,
+                failure: None,
+            };
+            if done(&state) {
+                return true;
+            }
+            if inner.failure.is_some() {
+                return false;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            inner = match self.changed.wait_timeout(inner, deadline - now) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+    }
+}
+
+impl Inner {
+    /// Pops the finished prefix and moves the frontier to its last positioned record.
+    fn advance(&mut self) {
+        while let Some(slot) = self.slots.front() {
+            if slot.outstanding > 0 || slot.failed {
+                break;
+            }
+            let Some(slot) = self.slots.pop_front() else {
+                break;
+            };
+            self.first_id += 1;
+            self.in_flight_bytes -= slot.bytes;
+            if let Some(position) = slot.position {
+                // Kinesis positions only grow within a shard, but a replayed or
+                // reordered batch must never move a checkpoint backwards.
+                if self.frontier.as_ref().is_none_or(|f| position > *f) {
+                    self.frontier = Some(position);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pos(seq: &str, sub: i64) -> Option<Position> {
+        Some(Position::new(seq, sub))
+    }
+
+    #[test]
+    fn decimal_comparison_is_numeric() {
+        assert_eq!(compare_decimal("9", "10"), Ordering::Less);
+        assert_eq!(compare_decimal("0010", "10"), Ordering::Equal);
+        assert_eq!(
+            compare_decimal(
+                "49590338271490256608559692538361571095921575989136588898",
+                "49590338271490256608559692538361571095921575989136588899"
+            ),
+            Ordering::Less
+        );
+        assert!(Position::new("5", 3) < Position::new("5", 4));
+        assert!(Position::new("5", 9) < Position::new("6", 0));
+    }
+
+    #[test]
+    fn frontier_moves_only_over_a_fully_acknowledged_prefix() {
+        let f = Frontier::new();
+        let a = f.track(pos("1", 0), 1, 10);
+        let b = f.track(pos("2", 0), 1, 10);
+        let c = f.track(pos("3", 0), 1, 10);
+        f.acknowledge(c);
+        f.acknowledge(b);
+        assert_eq!(f.frontier(), None, "record 1 is not acknowledged yet");
+        f.acknowledge(a);
+        assert_eq!(f.frontier(), pos("3", 0));
+        let state = f.state();
+        assert_eq!(state.in_flight_records, 0);
+        assert_eq!(state.in_flight_bytes, 0);
+    }
+
+    #[test]
+    fn a_failed_record_stops_the_frontier_for_good() {
+        let f = Frontier::new();
+        let a = f.track(pos("1", 0), 1, 1);
+        let b = f.track(pos("2", 0), 1, 1);
+        let c = f.track(pos("3", 0), 1, 1);
+        f.acknowledge(a);
+        f.fail(b, "too large".into());
+        f.acknowledge(c);
+        assert_eq!(f.frontier(), pos("1", 0));
+        let failure = f.failure().unwrap();
+        assert_eq!(failure.position, pos("2", 0));
+        assert!(!f.wait_until(Duration::from_secs(5), |s| s.in_flight_records == 0));
+    }
+
+    #[test]
+    fn records_of_many_messages_or_none() {
+        let f = Frontier::new();
+        let a = f.track(pos("1", 0), 3, 1);
+        let _none = f.track(pos("1", 1), 0, 0);
+        let c = f.track(pos("2", 0), 1, 1);
+        f.acknowledge(a);
+        f.acknowledge(a);
+        f.acknowledge(c);
+        assert_eq!(f.frontier(), None, "one message of record 1/0 is in flight");
+        f.acknowledge(a);
+        assert_eq!(f.frontier(), pos("2", 0));
+    }
+
+    #[test]
+    fn a_record_without_position_holds_back_later_ones() {
+        let f = Frontier::new();
+        let a = f.track(pos("1", 0), 1, 1);
+        let b = f.track(None, 1, 1);
+        let c = f.track(pos("3", 0), 1, 1);
+        f.acknowledge(a);
+        f.acknowledge(c);
+        assert_eq!(f.frontier(), pos("1", 0));
+        f.acknowledge(b);
+        assert_eq!(f.frontier(), pos("3", 0));
+    }
+
+    #[test]
+    fn acknowledgements_from_another_thread_wake_a_waiter() {
+        let f = std::sync::Arc::new(Frontier::new());
+        let ids: Vec<_> = (1..=100)
+            .map(|i| f.track(pos(&i.to_string(), 0), 1, 1))
+            .collect();
+        let acker = {
+            let f = f.clone();
+            std::thread::spawn(move || {
+                for id in ids.into_iter().rev() {
+                    f.acknowledge(id);
+                }
+            })
+        };
+        assert!(f.wait_until(Duration::from_secs(10), |s| s.in_flight_records == 0));
+        acker.join().unwrap();
+        assert_eq!(f.frontier(), pos("100", 0));
+    }
+}

@@ -1,0 +1,61 @@
+//! kinesis-kafka-replicator: a KCL MultiLangDaemon record processor that copies one
+//! Kinesis shard into Kafka and never checkpoints past a record Kafka has not acknowledged.
+//!
+//! The flow: [`session`] reads the daemon's messages ([`protocol`]) and hands each to the
+//! [`replicator::Replicator`], which maps records to messages ([`transform`]), produces
+//! them ([`kafka`]), and checkpoints the acknowledged frontier ([`checkpoint`]).
+
+pub mod checkpoint;
+pub mod config;
+pub mod kafka;
+pub mod logging;
+pub mod protocol;
+pub mod replicator;
+pub mod session;
+pub mod transform;
+
+use std::io::Read;
+use std::sync::Arc;
+
+use log::{error, info};
+
+use crate::checkpoint::Frontier;
+use crate::config::Config;
+use crate::kafka::KafkaSink;
+use crate::replicator::Replicator;
+use crate::session::{End, Session};
+
+/// Exit code: stdin closed between messages, everything handled.
+pub const EXIT_OK: i32 = 0;
+/// Exit code: the processor stopped on purpose (a record Kafka refuses, a protocol
+/// violation); the daemon restarts from the last checkpoint.
+pub const EXIT_FAILURE: i32 = 1;
+/// Exit code: bad command line or configuration.
+pub const EXIT_CONFIG: i32 = 2;
+
+/// Runs the processor as a MultiLang child on `input` (the daemon's messages) and
+/// `output` (the protocol channel) until stdin closes. Returns the exit code.
+pub fn run_child<R: Read>(config: Config, input: R, output: std::fs::File) -> i32 {
+    let frontier = Arc::new(Frontier::new());
+    let sink = match KafkaSink::new(&config, frontier.clone()) {
+        Ok(sink) => sink,
+        Err(e) => {
+            error!("{e:#}");
+            return EXIT_CONFIG;
+        }
+    };
+    let mut replicator = Replicator::new(config, frontier, sink);
+    let mut session = Session::new(input, output);
+    match session.run(&mut replicator) {
+        End::Eof => {
+            info!("stdin closed; exiting");
+            replicator.finish();
+            EXIT_OK
+        }
+        End::Fatal(fatal) => {
+            error!("{fatal}");
+            replicator.finish();
+            EXIT_FAILURE
+        }
+    }
+}

@@ -1,0 +1,478 @@
+//! What the processor does at each step of a shard's life: produce every record, and
+//! checkpoint only what Kafka has acknowledged.
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use log::{debug, error, info, warn};
+
+use crate::checkpoint::{Frontier, FrontierState, Position};
+use crate::config::Config;
+use crate::kafka::KafkaSink;
+use crate::logging;
+use crate::protocol::{DaemonMessage, Record};
+use crate::session::{Channel, CheckpointResult, Fatal, Handler};
+use crate::transform::{self, KinesisRecord};
+
+/// How long one wait slice lasts: the longest the processor goes without looking at
+/// failures, timed-out messages, a due checkpoint or a due log line.
+const WAIT_SLICE: Duration = Duration::from_millis(100);
+/// How often a long wait for Kafka says so.
+const WAITING_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Counters for the summary line.
+#[derive(Default)]
+struct Stats {
+    records: u64,
+    bytes: u64,
+    millis_behind_latest: Option<i64>,
+}
+
+/// Which checkpoints the current moment allows.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CheckpointMode {
+    /// Checkpoints wait for `CHECKPOINT_FREQ_SECONDS` to pass.
+    Periodic,
+    /// No checkpoint now (the daemon has no checkpointer here, or it is not wanted yet).
+    Never,
+}
+
+pub struct Replicator {
+    config: Config,
+    shard_id: String,
+    frontier: Arc<Frontier>,
+    sink: KafkaSink,
+    /// The last position the daemon confirmed (or the lease's checkpoint at initialize).
+    checkpointed: Option<Position>,
+    last_checkpoint_attempt: Instant,
+    /// Set by a `ShutdownException`: the lease is gone, checkpoints would all fail.
+    lease_gone: bool,
+    decoded: Vec<u8>,
+    stats: Stats,
+    last_summary: Instant,
+}
+
+impl Replicator {
+    pub fn new(config: Config, frontier: Arc<Frontier>, sink: KafkaSink) -> Self {
+        let now = Instant::now();
+        Replicator {
+            config,
+            shard_id: "unknown-shard".into(),
+            frontier,
+            sink,
+            checkpointed: None,
+            last_checkpoint_attempt: now,
+            lease_gone: false,
+            decoded: Vec::new(),
+            stats: Stats::default(),
+            last_summary: now,
+        }
+    }
+
+    fn initialize(
+        &mut self,
+        shard_id: Option<&str>,
+        sequence_number: Option<&str>,
+        sub: Option<i64>,
+    ) {
+        if let Some(shard_id) = shard_id {
+            self.shard_id = shard_id.to_owned();
+            logging::set_shard(shard_id);
+        }
+        // Only a numeric position can be compared with; sentinels (TRIM_HORIZON, LATEST,
+        // AT_TIMESTAMP) are below every record.
+        self.checkpointed = sequence_number
+            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .map(|s| Position::new(s, sub.unwrap_or(0)));
+        info!(
+            "initialized at {} (sub-sequence {}); producing to topic {}",
+            sequence_number.unwrap_or("null"),
+            sub.map_or("null".to_owned(), |s| s.to_string()),
+            self.config.kafka.topic
+        );
+    }
+
+    fn process_records<R: Read, W: Write>(
+        &mut self,
+        records: &[Record<'_>],
+        millis_behind_latest: Option<i64>,
+        channel: &mut Channel<R, W>,
+    ) -> Result<(), Fatal> {
+        self.stats.millis_behind_latest = millis_behind_latest;
+        let window = (
+            self.config.pipeline.max_in_flight_records,
+            self.config.pipeline.max_in_flight_bytes,
+        );
+        for record in records {
+            self.produce(record)?;
+            let state = self.frontier.state();
+            if state.in_flight_records >= window.0 || state.in_flight_bytes >= window.1 {
+                self.wait_for(
+                    channel,
+                    CheckpointMode::Periodic,
+                    None,
+                    "room in the in-flight window",
+                    |s| s.in_flight_records < window.0 && s.in_flight_bytes < window.1,
+                )?;
+            }
+        }
+        if self.config.pipeline.wait_for_ack {
+            self.wait_for(
+                channel,
+                CheckpointMode::Periodic,
+                None,
+                "the batch to be acknowledged",
+                |s| s.in_flight_records == 0,
+            )?;
+        }
+        self.check_failure(channel, true)?;
+        self.maybe_checkpoint(channel, false)?;
+        self.maybe_log_summary();
+        channel.status("processRecords")
+    }
+
+    /// Decodes one record and queues its message.
+    fn produce(&mut self, record: &Record<'_>) -> Result<(), Fatal> {
+        let sequence_number = record.sequence_number.as_deref();
+        let sub_sequence_number = record.sub_sequence_number.unwrap_or(0);
+        let data = match record.data.as_deref() {
+            Some(text) => {
+                self.decoded.clear();
+                base64::engine::general_purpose::STANDARD
+                    .decode_vec(text, &mut self.decoded)
+                    .map_err(|e| {
+                        Fatal::Protocol(format!(
+                            "record {}/{} has data that is not base64 ({e}); the daemon always sends base64, so this is a corrupted message; exiting without checkpointing it",
+                            sequence_number.unwrap_or("null"),
+                            sub_sequence_number
+                        ))
+                    })?;
+                Some(self.decoded.as_slice())
+            }
+            None => None,
+        };
+        let kinesis = KinesisRecord {
+            shard_id: &self.shard_id,
+            data,
+            partition_key: record.partition_key.as_deref(),
+            sequence_number,
+            sub_sequence_number,
+            approximate_arrival_timestamp: record.approximate_arrival_timestamp,
+        };
+        let bytes = data.map_or(0, <[u8]>::len);
+        self.stats.records += 1;
+        self.stats.bytes += bytes as u64;
+        if sequence_number.is_none() {
+            warn!("a record has no sequence number; it is replicated but cannot be a checkpoint itself");
+        }
+        let position = sequence_number.map(|s| Position::new(s, sub_sequence_number));
+        let message = transform::replicate(
+            &kinesis,
+            &self.config.kafka.topic,
+            self.config.records.headers,
+        );
+        let id = self.frontier.track(position, 1, bytes);
+        if let Err(e) = self.sink.send(id, message) {
+            self.frontier.fail(id, e.0);
+        }
+        Ok(())
+    }
+
+    /// Waits until `done` holds for the frontier, doing the periodic work meanwhile: resend
+    /// timed-out messages, checkpoint (if `mode` allows), log. Returns whether `done` holds
+    /// (false only when `limit` passed). A delivery failure ends the wait with a Fatal.
+    fn wait_for<R: Read, W: Write>(
+        &mut self,
+        channel: &mut Channel<R, W>,
+        mode: CheckpointMode,
+        limit: Option<Duration>,
+        what: &str,
+        mut done: impl FnMut(&FrontierState) -> bool,
+    ) -> Result<bool, Fatal> {
+        let start = Instant::now();
+        let mut last_log = start;
+        loop {
+            if self.frontier.wait_until(WAIT_SLICE, &mut done) {
+                return Ok(true);
+            }
+            self.check_failure(channel, mode == CheckpointMode::Periodic)?;
+            if let Err(e) = self.sink.resend_timed_out() {
+                return Err(Fatal::Delivery(e.0));
+            }
+            if mode == CheckpointMode::Periodic {
+                self.maybe_checkpoint(channel, false)?;
+            }
+            self.maybe_log_summary();
+            if last_log.elapsed() >= WAITING_LOG_INTERVAL {
+                last_log = Instant::now();
+                let state = self.frontier.state();
+                warn!(
+                    "waiting {} s for {what}: {} records ({} bytes) not yet acknowledged by Kafka{}",
+                    start.elapsed().as_secs(),
+                    state.in_flight_records,
+                    state.in_flight_bytes,
+                    self.sink
+                        .last_client_error()
+                        .map(|e| format!("; last Kafka error: {e}"))
+                        .unwrap_or_default()
+                );
+            }
+            if limit.is_some_and(|limit| start.elapsed() >= limit) {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Turns a recorded delivery failure into the exit: give the records before it a
+    /// bounded time to be acknowledged, checkpoint up to it (if allowed), then stop.
+    fn check_failure<R: Read, W: Write>(
+        &mut self,
+        channel: &mut Channel<R, W>,
+        may_checkpoint: bool,
+    ) -> Result<(), Fatal> {
+        let Some(failure) = self.frontier.failure() else {
+            return Ok(());
+        };
+        self.sink.flush(self.config.flush_timeout());
+        if may_checkpoint {
+            self.maybe_checkpoint(channel, true)?;
+        }
+        Err(Fatal::Delivery(format!(
+            "record of shard {} at {failure}; no checkpoint will pass it (last checkpoint: {}); exiting so the daemon restarts from there. Fix the cause (topic, size limits, permissions) and restart",
+            self.shard_id,
+            self.checkpointed
+                .as_ref()
+                .map_or("none".to_owned(), |p| p.to_string())
+        )))
+    }
+
+    /// Checkpoints the acknowledged frontier if it moved and, unless `now`, if
+    /// `CHECKPOINT_FREQ_SECONDS` have passed since the last attempt.
+    fn maybe_checkpoint<R: Read, W: Write>(
+        &mut self,
+        channel: &mut Channel<R, W>,
+        now: bool,
+    ) -> Result<(), Fatal> {
+        if self.lease_gone
+            || (!now && self.last_checkpoint_attempt.elapsed() < self.config.checkpoint_interval())
+        {
+            return Ok(());
+        }
+        let Some(frontier) = self.frontier.frontier() else {
+            return Ok(());
+        };
+        if self.checkpointed.as_ref().is_some_and(|c| frontier <= *c) {
+            return Ok(());
+        }
+        self.checkpoint(channel, Some(frontier), false)?;
+        Ok(())
+    }
+
+    /// One checkpoint with the retry policy. `None` is SHARD_END (at shard end).
+    /// Retryable errors are retried `CHECKPOINT_RETRIES` times in all, `SLEEP_SECONDS`
+    /// apart, or until success when `until_done` (at shard end, where giving up would
+    /// leave the shard's children unprocessed).
+    fn checkpoint<R: Read, W: Write>(
+        &mut self,
+        channel: &mut Channel<R, W>,
+        position: Option<Position>,
+        until_done: bool,
+    ) -> Result<bool, Fatal> {
+        let shown = position
+            .as_ref()
+            .map_or("SHARD_END".to_owned(), |p| p.to_string());
+        let attempts = self.config.checkpoint.retries;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            self.last_checkpoint_attempt = Instant::now();
+            match channel.checkpoint(position.as_ref())? {
+                CheckpointResult::Done => {
+                    debug!("checkpointed at {shown}");
+                    if position.is_some() {
+                        self.checkpointed = position;
+                    }
+                    return Ok(true);
+                }
+                CheckpointResult::Failed(error)
+                    if error == "ThrottlingException"
+                        || error == "KinesisClientLibDependencyException" =>
+                {
+                    if !until_done && attempt >= attempts {
+                        warn!("checkpoint at {shown} failed with {error} {attempt} times; giving up for now, the next checkpoint will cover it");
+                        return Ok(false);
+                    }
+                    warn!(
+                        "checkpoint at {shown} failed with {error} (attempt {attempt}{}); retrying in {} s",
+                        if until_done { String::new() } else { format!(" of {attempts}") },
+                        self.config.checkpoint.sleep_seconds
+                    );
+                    std::thread::sleep(self.config.checkpoint_sleep());
+                }
+                CheckpointResult::Failed(error) if error == "ShutdownException" => {
+                    warn!("checkpoint at {shown} failed with ShutdownException: this worker no longer holds the lease; no further checkpoints");
+                    self.lease_gone = true;
+                    return Ok(false);
+                }
+                CheckpointResult::Failed(error) => {
+                    error!(
+                        "checkpoint at {shown} was rejected with {error} (last confirmed checkpoint: {}); not retried",
+                        self.checkpointed
+                            .as_ref()
+                            .map_or("none".to_owned(), |p| p.to_string())
+                    );
+                    return Ok(false);
+                }
+            }
+        }
+    }
+
+    fn shutdown_requested<R: Read, W: Write>(
+        &mut self,
+        channel: &mut Channel<R, W>,
+    ) -> Result<(), Fatal> {
+        info!("shutdown requested: flushing and checkpointing");
+        let flushed = self.wait_for(
+            channel,
+            CheckpointMode::Never,
+            Some(self.config.flush_timeout()),
+            "acknowledgements before the shutdown checkpoint",
+            |s| s.in_flight_records == 0,
+        )?;
+        if !flushed {
+            warn!(
+                "{} records still unacknowledged after {} s; checkpointing what is acknowledged, the rest will be read again",
+                self.frontier.state().in_flight_records,
+                self.config.shutdown.flush_timeout_seconds
+            );
+        }
+        self.check_failure(channel, true)?;
+        self.maybe_checkpoint(channel, true)?;
+        channel.status("shutdownRequested")
+    }
+
+    fn shard_ended<R: Read, W: Write>(
+        &mut self,
+        channel: &mut Channel<R, W>,
+        response_for: &str,
+    ) -> Result<(), Fatal> {
+        info!("shard ended: waiting for every record to be acknowledged, then checkpointing SHARD_END");
+        // No time limit: SHARD_END may only be written once everything is in Kafka, and
+        // giving up would leave the child shards unprocessed. Permanent failures end the
+        // wait with a Fatal instead.
+        self.wait_for(
+            channel,
+            CheckpointMode::Never,
+            None,
+            "every record to be acknowledged before SHARD_END",
+            |s| s.in_flight_records == 0,
+        )?;
+        self.check_failure(channel, false)?;
+        if self.lease_gone {
+            warn!("the lease is gone (ShutdownException earlier); not checkpointing SHARD_END");
+        } else if self.checkpoint(channel, None, true)? {
+            info!("checkpointed SHARD_END");
+        }
+        self.log_summary();
+        channel.status(response_for)
+    }
+
+    fn lease_lost<R: Read, W: Write>(
+        &mut self,
+        channel: &mut Channel<R, W>,
+        response_for: &str,
+    ) -> Result<(), Fatal> {
+        // Another worker owns the shard now and reads from the last checkpoint; a
+        // checkpoint here is impossible (the daemon has no checkpointer) and unneeded.
+        info!("lease lost: no further checkpoints; in-flight records are flushed at exit");
+        self.lease_gone = true;
+        channel.status(response_for)
+    }
+
+    /// At stdin EOF: give in-flight records a bounded time, then report.
+    pub fn finish(&mut self) {
+        let flushed = self
+            .frontier
+            .wait_until(self.config.flush_timeout(), |s| s.in_flight_records == 0);
+        let state = self.frontier.state();
+        if !flushed && state.in_flight_records > 0 {
+            warn!(
+                "exiting with {} records not acknowledged by Kafka; they are after the last checkpoint and will be read again",
+                state.in_flight_records
+            );
+        }
+        self.log_summary();
+    }
+
+    fn maybe_log_summary(&mut self) {
+        if let Some(interval) = self.config.summary_interval() {
+            if self.last_summary.elapsed() >= interval {
+                self.log_summary();
+            }
+        }
+    }
+
+    fn log_summary(&mut self) {
+        self.last_summary = Instant::now();
+        let state = self.frontier.state();
+        info!(
+            "records={} bytes={} in_flight={} acknowledged={} last_checkpoint={} millisBehindLatest={}",
+            self.stats.records,
+            self.stats.bytes,
+            state.in_flight_records,
+            state.acknowledged_messages,
+            self.checkpointed
+                .as_ref()
+                .map_or("none".to_owned(), |p| p.to_string()),
+            self.stats
+                .millis_behind_latest
+                .map_or("null".to_owned(), |m| m.to_string())
+        );
+    }
+}
+
+impl Handler for Replicator {
+    fn handle<R: Read, W: Write>(
+        &mut self,
+        message: DaemonMessage<'_>,
+        channel: &mut Channel<R, W>,
+    ) -> Result<(), Fatal> {
+        match message {
+            DaemonMessage::Initialize {
+                shard_id,
+                sequence_number,
+                sub_sequence_number,
+            } => {
+                self.initialize(
+                    shard_id.as_deref(),
+                    sequence_number.as_deref(),
+                    sub_sequence_number,
+                );
+                channel.status("initialize")
+            }
+            DaemonMessage::ProcessRecords {
+                records,
+                millis_behind_latest,
+            } => self.process_records(&records, millis_behind_latest, channel),
+            DaemonMessage::ShutdownRequested => self.shutdown_requested(channel),
+            DaemonMessage::ShardEnded => self.shard_ended(channel, "shardEnded"),
+            DaemonMessage::LeaseLost => self.lease_lost(channel, "leaseLost"),
+            // KCL 1.x: TERMINATE is the shard end; ZOMBIE (or anything else) means the
+            // lease is lost, and not checkpointing is the safe reading of an unknown reason.
+            DaemonMessage::Shutdown { reason } => {
+                match reason.as_deref() {
+                    Some("TERMINATE") => self.shard_ended(channel, "shutdown"),
+                    other => {
+                        if other != Some("ZOMBIE") {
+                            warn!("shutdown with unknown reason {other:?}; treating it as a lost lease");
+                        }
+                        self.lease_lost(channel, "shutdown")
+                    }
+                }
+            }
+            DaemonMessage::Checkpoint(_) | DaemonMessage::Unknown { .. } => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! The conversation with the daemon: the read loop, dispatch, status replies, and the
+//! checkpoint exchange.
+//!
+//! The daemon reads our stdout only while it waits for an answer, and answers a checkpoint
+//! request before anything else, so the exchange is strictly synchronous: write a request,
+//! read exactly the reply.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+
+use log::{debug, warn};
+
+use crate::checkpoint::Position;
+use crate::protocol::{parse_message, DaemonMessage, LineReader, ProtocolWriter, ReadLine};
+
+/// Why the processor must stop now. Each variant carries the one line that says so.
+#[derive(Debug)]
+pub enum Fatal {
+    /// The daemon sent something this processor cannot trust (or stopped mid-line).
+    Protocol(String),
+    /// A record can never be delivered; nothing after it may be checkpointed.
+    Delivery(String),
+    /// stdin or stdout failed: the daemon is gone.
+    Io(String),
+}
+
+impl fmt::Display for Fatal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fatal::Protocol(m) | Fatal::Delivery(m) | Fatal::Io(m) => f.write_str(m),
+        }
+    }
+}
+
+fn io_fatal(what: &str, e: io::Error) -> Fatal {
+    Fatal::Io(format!(
+        "{what} failed ({e}); the daemon has gone away, exiting"
+    ))
+}
+
+/// What a checkpoint request came back with.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CheckpointResult {
+    Done,
+    /// The exception name the daemon reported.
+    Failed(String),
+}
+
+/// The daemon's end of the pipes, as seen from a handler: it can answer and checkpoint.
+pub struct Channel<R, W: Write> {
+    reader: LineReader<R>,
+    writer: ProtocolWriter<W>,
+    reply: Vec<u8>,
+}
+
+impl<R: Read, W: Write> Channel<R, W> {
+    pub fn status(&mut self, response_for: &str) -> Result<(), Fatal> {
+        self.writer
+            .status(response_for)
+            .map_err(|e| io_fatal("writing a status to the daemon", e))
+    }
+
+    /// Sends one checkpoint request and reads its reply. `None` checkpoints the largest
+    /// permitted position (SHARD_END at shard end).
+    pub fn checkpoint(&mut self, position: Option<&Position>) -> Result<CheckpointResult, Fatal> {
+        self.writer
+            .checkpoint(position.map(|p| (&*p.sequence_number, p.sub_sequence_number)))
+            .map_err(|e| io_fatal("writing a checkpoint request to the daemon", e))?;
+        loop {
+            match self
+                .reader
+                .read_line(&mut self.reply)
+                .map_err(|e| io_fatal("reading the checkpoint reply", e))?
+            {
+                ReadLine::Line if self.reply.is_empty() => continue,
+                ReadLine::Line => {}
+                ReadLine::Eof | ReadLine::EofInsideLine { .. } => {
+                    return Err(Fatal::Io(
+                        "the daemon closed stdin while a checkpoint was pending; exiting".into(),
+                    ))
+                }
+            }
+            return match parse_message(&self.reply) {
+                Ok(DaemonMessage::Checkpoint(reply)) => Ok(match reply.error {
+                    None => CheckpointResult::Done,
+                    Some(error) => CheckpointResult::Failed(error),
+                }),
+                Ok(other) => Err(Fatal::Protocol(format!(
+                    "the daemon sent {:?} where the reply to a checkpoint request belongs; exiting so that it restarts the shard from its last checkpoint",
+                    other.action()
+                ))),
+                Err(e) => Err(Fatal::Protocol(format!(
+                    "unreadable checkpoint reply from the daemon: {e}"
+                ))),
+            };
+        }
+    }
+}
+
+/// How the conversation ended.
+#[derive(Debug)]
+pub enum End {
+    /// stdin closed between two messages: the normal end.
+    Eof,
+    Fatal(Fatal),
+}
+
+/// What the processor does with each message. `Replicator` is the real one.
+pub trait Handler {
+    fn handle<R: Read, W: Write>(
+        &mut self,
+        message: DaemonMessage<'_>,
+        channel: &mut Channel<R, W>,
+    ) -> Result<(), Fatal>;
+}
+
+/// Reads the daemon's messages and hands each to `handler` until stdin closes or a
+/// handler fails.
+pub struct Session<R, W: Write> {
+    /// The current action's line. Kept apart from the channel so that a message can borrow
+    /// from it while its handler reads checkpoint replies through the channel.
+    line: Vec<u8>,
+    channel: Channel<R, W>,
+}
+
+impl<R: Read, W: Write> Session<R, W> {
+    pub fn new(input: R, output: W) -> Self {
+        Session {
+            line: Vec::with_capacity(1 << 16),
+            channel: Channel {
+                reader: LineReader::new(input),
+                writer: ProtocolWriter::new(output),
+                reply: Vec::with_capacity(256),
+            },
+        }
+    }
+
+    pub fn run(&mut self, handler: &mut impl Handler) -> End {
+        loop {
+            match self.channel.reader.read_line(&mut self.line) {
+                Ok(ReadLine::Line) => {}
+                Ok(ReadLine::Eof) => return End::Eof,
+                Ok(ReadLine::EofInsideLine { bytes }) => {
+                    return End::Fatal(Fatal::Protocol(format!(
+                        "stdin closed in the middle of a message ({bytes} bytes without a line end): the daemon stopped while writing; nothing of that message was processed"
+                    )))
+                }
+                Err(e) => return End::Fatal(io_fatal("reading stdin", e)),
+            }
+            // The daemon never sends empty lines, but its reader skips them too.
+            if self.line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let message = match parse_message(&self.line) {
+                Ok(message) => message,
+                Err(e) => {
+                    return End::Fatal(Fatal::Protocol(format!(
+                        "unreadable message from the daemon, {e}; exiting without answering so that the daemon restarts the shard from its last checkpoint"
+                    )))
+                }
+            };
+            match &message {
+                DaemonMessage::Checkpoint(reply) => {
+                    // A reply with no request pending: nothing waits for it, so drop it.
+                    warn!("ignoring a checkpoint reply that answers no request: {reply:?}");
+                    continue;
+                }
+                DaemonMessage::Unknown { action } => {
+                    // A newer daemon may add actions. Answering keeps the shard alive, and
+                    // doing nothing else cannot lose a record: nothing is checkpointed.
+                    warn!("unknown action {action:?} from the daemon; answering its status and doing nothing else");
+                    if let Err(fatal) = self.channel.status(action) {
+                        return End::Fatal(fatal);
+                    }
+                    continue;
+                }
+                _ => debug!("action {}", message.action()),
+            }
+            if let Err(fatal) = handler.handle(message, &mut self.channel) {
+                return End::Fatal(fatal);
+            }
+        }
+    }
+}
