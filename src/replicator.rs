@@ -290,7 +290,7 @@ impl Replicator {
             self.last_checkpoint_attempt = Instant::now();
             match channel.checkpoint(position.as_ref())? {
                 CheckpointResult::Done => {
-                    debug!("checkpointed at {shown}");
+                    info!("checkpointed at {shown}");
                     if position.is_some() {
                         self.checkpointed = position;
                     }
@@ -375,7 +375,6 @@ impl Replicator {
         } else if self.checkpoint(channel, None, true)? {
             info!("checkpointed SHARD_END");
         }
-        self.log_summary();
         channel.status(response_for)
     }
 
