@@ -85,7 +85,7 @@ pub fn clean_command(cwd: &Path) -> Command {
             command.env_remove(name);
         }
     }
-    command.env("KCL_LOG_LEVEL", "debug").current_dir(cwd);
+    command.env("KCL_LOG_LEVEL", "DEBUG").current_dir(cwd);
     command
 }
 

@@ -1208,6 +1208,14 @@ impl Daemon {
             .collect()
     }
 
+    /// Received lines that are checkpoint requests, exactly as the child wrote them.
+    pub fn received_checkpoint_lines(&self) -> Vec<String> {
+        self.stdout_lines()
+            .into_iter()
+            .filter(|l| matches!(parse_child_line(l), ChildLine::Checkpoint { .. }))
+            .collect()
+    }
+
     /// Lines the daemon skipped as unparseable (including empty lines), with the reason.
     pub fn skipped_lines(&self) -> Vec<(String, String)> {
         self.transcript

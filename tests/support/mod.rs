@@ -11,3 +11,43 @@
 pub mod config;
 pub mod daemon;
 pub mod kafka;
+
+use std::ops::{Deref, DerefMut};
+
+use serde_json::Value;
+
+/// The shard id the scenarios use.
+pub const SHARD: &str = "shardId-000000000007";
+
+/// The binary running under the daemon double, with its config dir kept alive.
+pub struct Running {
+    pub daemon: daemon::Daemon,
+    pub config: config::ConfigFile,
+}
+
+impl Deref for Running {
+    type Target = daemon::Daemon;
+    fn deref(&self) -> &daemon::Daemon {
+        &self.daemon
+    }
+}
+
+impl DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut daemon::Daemon {
+        &mut self.daemon
+    }
+}
+
+/// Start the binary with `config` under the daemon double.
+pub fn start(config: &Value) -> Running {
+    let config = config::write_config(config);
+    let daemon = daemon::Daemon::spawn(config.command());
+    Running { daemon, config }
+}
+
+/// Start the binary and initialize it for `SHARD` from TRIM_HORIZON.
+pub fn start_initialized(config: &Value) -> Running {
+    let mut running = start(config);
+    running.initialize(SHARD, daemon::TRIM_HORIZON);
+    running
+}

@@ -1,0 +1,388 @@
+//! A shard's life as the daemon drives it: initialize, batches, and each way it can end.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::config::{base_config, config_with};
+use support::daemon::*;
+use support::kafka::*;
+use support::*;
+
+const EXIT: Duration = Duration::from_secs(20);
+const READ: Duration = Duration::from_secs(20);
+
+fn attempts_during(r: &Running, action: &str) -> Vec<CheckpointAttempt> {
+    r.checkpoint_attempts()
+        .into_iter()
+        .filter(|a| a.during == action)
+        .collect()
+}
+
+#[test]
+fn full_life_to_shard_end_checkpoints_shard_end_and_delivers_every_record_in_key_order() {
+    let kafka = Kafka::start(3, "life", 4);
+    let mut r = start_initialized(&base_config(&kafka.bootstrap(), "life"));
+    let all = records(0, 1000);
+    for batch in all.chunks(200) {
+        r.process_records(batch, Some(1000));
+    }
+    r.shard_ended();
+    let status = r.wait_exit(EXIT);
+    assert!(status.success(), "exit {status:?}\n{}", r.dump());
+
+    assert_eq!(
+        r.last_checkpoint(),
+        Some(ExtSeq::shard_end()),
+        "{}",
+        r.dump()
+    );
+    // The shard-end checkpoint is requested with nulls, as the protocol requires.
+    let end = attempts_during(&r, "shardEnded");
+    assert!(
+        end.iter()
+            .any(|a| a.sequence_number.is_none() && a.sub_sequence_number.is_none()),
+        "{}",
+        r.dump()
+    );
+    assert!(r.received_checkpoint_lines().contains(
+        &r#"{"action":"checkpoint","sequenceNumber":null,"subSequenceNumber":null}"#.to_string()
+    ));
+    assert!(attempts_during(&r, "initialize").is_empty());
+
+    let messages = kafka.read(all.len(), READ);
+    assert_delivered(&messages, SHARD, &all);
+    assert_eq!(messages.len(), all.len(), "no duplicates in a clean run");
+    assert_no_duplicates(&messages);
+    assert_key_order(&messages);
+    assert_checkpoints_covered(&r.checkpoints(), &all, &messages);
+}
+
+#[test]
+fn records_are_partitioned_by_murmur2_of_the_partition_key() {
+    let kafka = Kafka::start(1, "murmur", 6);
+    let mut r = start_initialized(&base_config(&kafka.bootstrap(), "murmur"));
+    let all = records(0, 130);
+    r.process_records(&all, Some(0));
+    r.shard_ended();
+    assert!(r.wait_exit(EXIT).success(), "{}", r.dump());
+    let messages = kafka.read(all.len(), READ);
+    assert_delivered(&messages, SHARD, &all);
+    for m in &messages {
+        let key = m.key.as_deref().expect("keyed");
+        assert_eq!(
+            m.partition,
+            murmur2_partition(key, 6),
+            "key {:?} (murmur2_random, like the Java client)",
+            String::from_utf8_lossy(key)
+        );
+    }
+}
+
+#[test]
+fn lease_lost_takes_no_checkpoint_and_exits_zero_on_eof() {
+    let kafka = Kafka::start(1, "lost", 2);
+    let mut r = start_initialized(&base_config(&kafka.bootstrap(), "lost"));
+    let all = records(0, 300);
+    for batch in all.chunks(100) {
+        r.process_records(batch, Some(0));
+    }
+    r.lease_lost();
+    let status = r.wait_exit(EXIT);
+    assert_eq!(status.code(), Some(0), "{}", r.dump());
+    assert!(attempts_during(&r, "leaseLost").is_empty(), "{}", r.dump());
+    // Nothing at all after the leaseLost status, not even drained at exit.
+    assert!(
+        r.transcript()
+            .iter()
+            .all(|e| !matches!(e, Event::Drained(_))),
+        "{}",
+        r.dump()
+    );
+    let messages = kafka.read(0, Duration::from_secs(5));
+    assert_checkpoints_covered(&r.checkpoints(), &all, &messages);
+}
+
+#[test]
+fn initialize_then_lease_lost_takes_no_checkpoint() {
+    let kafka = Kafka::start(1, "idle", 1);
+    let mut r = start_initialized(&base_config(&kafka.bootstrap(), "idle"));
+    r.lease_lost();
+    assert_eq!(r.wait_exit(EXIT).code(), Some(0), "{}", r.dump());
+    assert!(r.checkpoint_attempts().is_empty(), "{}", r.dump());
+}
+
+#[test]
+fn shutdown_requested_checkpoints_the_acknowledged_frontier_and_lease_lost_none() {
+    let kafka = Kafka::start(3, "graceful", 3);
+    let mut r = start_initialized(&base_config(&kafka.bootstrap(), "graceful"));
+    let all = records(0, 500);
+    for batch in all.chunks(250) {
+        r.process_records(batch, Some(0));
+    }
+    r.shutdown_requested();
+    let during = attempts_during(&r, "shutdownRequested");
+    assert!(
+        during.iter().any(|a| a.outcome.error().is_none()),
+        "a checkpoint during shutdownRequested\n{}",
+        r.dump()
+    );
+    // Kafka is healthy: after the bounded flush everything is acknowledged.
+    assert_eq!(
+        r.lease_checkpoint(),
+        all.last().unwrap().ext_seq(),
+        "{}",
+        r.dump()
+    );
+    r.lease_lost();
+    assert_eq!(r.wait_exit(EXIT).code(), Some(0), "{}", r.dump());
+    assert!(attempts_during(&r, "leaseLost").is_empty(), "{}", r.dump());
+    let messages = kafka.read(all.len(), READ);
+    assert_delivered(&messages, SHARD, &all);
+    assert_checkpoints_covered(&r.checkpoints(), &all, &messages);
+}
+
+#[test]
+fn resumes_from_a_numeric_lease_checkpoint() {
+    let kafka = Kafka::start(1, "resume", 2);
+    let mut r = start(&config_with(
+        &kafka.bootstrap(),
+        "resume",
+        json!({"pipeline": {"wait_for_ack": true}}),
+    ));
+    let start_at = seq_number(99);
+    r.initialize(SHARD, &start_at);
+    let all = records(100, 50);
+    r.process_records(&all, Some(0));
+    assert_eq!(r.lease_checkpoint(), all[49].ext_seq(), "{}", r.dump());
+    r.shard_ended();
+    assert!(r.wait_exit(EXIT).success(), "{}", r.dump());
+    assert_eq!(r.last_checkpoint(), Some(ExtSeq::shard_end()));
+    assert_delivered(&kafka.read(all.len(), READ), SHARD, &all);
+}
+
+#[test]
+fn shard_end_with_no_records_checkpoints_shard_end() {
+    let kafka = Kafka::start(1, "empty-shard", 1);
+    let mut r = start_initialized(&base_config(&kafka.bootstrap(), "empty-shard"));
+    r.shard_ended();
+    assert!(r.wait_exit(EXIT).success(), "{}", r.dump());
+    assert_eq!(
+        r.last_checkpoint(),
+        Some(ExtSeq::shard_end()),
+        "{}",
+        r.dump()
+    );
+}
+
+#[test]
+fn kcl1_shutdown_terminate_checkpoints_shard_end() {
+    let kafka = Kafka::start(1, "v1-terminate", 2);
+    let mut r = start_initialized(&base_config(&kafka.bootstrap(), "v1-terminate"));
+    let all = records(0, 100);
+    r.process_records(&all, Some(0));
+    r.shutdown_v1(ShutdownReason::Terminate);
+    assert!(r.wait_exit(EXIT).success(), "{}", r.dump());
+    assert_eq!(
+        r.last_checkpoint(),
+        Some(ExtSeq::shard_end()),
+        "{}",
+        r.dump()
+    );
+    assert_delivered(&kafka.read(all.len(), READ), SHARD, &all);
+}
+
+#[test]
+fn kcl1_shutdown_zombie_answers_status_and_exits_zero() {
+    let kafka = Kafka::start(1, "v1-zombie", 2);
+    let mut r = start_initialized(&base_config(&kafka.bootstrap(), "v1-zombie"));
+    let all = records(0, 100);
+    r.process_records(&all, Some(0));
+    r.shutdown_v1(ShutdownReason::Zombie);
+    assert_eq!(r.wait_exit(EXIT).code(), Some(0), "{}", r.dump());
+    // Any checkpoint attempted during ZOMBIE fails at the lease table; none may be stored.
+    assert!(
+        attempts_during(&r, "shutdown")
+            .iter()
+            .all(|a| !matches!(a.outcome, CheckpointOutcome::Stored(_))),
+        "{}",
+        r.dump()
+    );
+}
+
+#[test]
+fn a_batch_of_ten_thousand_records_is_delivered_and_checkpointed() {
+    let kafka = Kafka::start(3, "big-batch", 4);
+    let mut r = start(&config_with(
+        &kafka.bootstrap(),
+        "big-batch",
+        json!({"pipeline": {"wait_for_ack": true}}),
+    ));
+    r.initialize(SHARD, TRIM_HORIZON);
+    let all = records(0, 10_000);
+    let started = Instant::now();
+    r.process_records(&all, Some(0));
+    assert_eq!(r.lease_checkpoint(), all[9_999].ext_seq(), "{}", r.dump());
+    r.shard_ended();
+    assert!(r.wait_exit(EXIT).success(), "{}", r.dump());
+    assert!(started.elapsed() < Duration::from_secs(60));
+    let messages = kafka.read(all.len(), Duration::from_secs(60));
+    assert_delivered(&messages, SHARD, &all);
+    assert_key_order(&messages);
+}
+
+#[test]
+fn empty_batches_with_null_millis_behind_latest_are_answered() {
+    let kafka = Kafka::start(1, "empty", 1);
+    let mut r = start_initialized(&base_config(&kafka.bootstrap(), "empty"));
+    r.process_records(&[], None);
+    let all = records(0, 10);
+    r.process_records(&all, None);
+    for _ in 0..5 {
+        r.process_records(&[], None);
+    }
+    r.shard_ended();
+    assert!(r.wait_exit(EXIT).success(), "{}", r.dump());
+    assert_eq!(r.last_checkpoint(), Some(ExtSeq::shard_end()));
+    assert_delivered(&kafka.read(all.len(), READ), SHARD, &all);
+}
+
+#[test]
+fn non_ascii_partition_keys_become_the_exact_utf8_key_bytes() {
+    let kafka = Kafka::start(1, "utf8", 3);
+    let mut r = start_initialized(&base_config(&kafka.bootstrap(), "utf8"));
+    let keys = [
+        "ключ-🔑",
+        "日本語キー",
+        "emoji-😀-\u{2028}",
+        "quote\"back\\slash",
+        "tab\tnewline\n",
+    ];
+    let all: Vec<TestRecord> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| TestRecord::new(seq_number(i as u64), k, format!("v{i}").as_bytes()))
+        .collect();
+    r.process_records(&all, Some(0));
+    r.shard_ended();
+    assert!(r.wait_exit(EXIT).success(), "{}", r.dump());
+    let messages = kafka.read(all.len(), READ);
+    assert_delivered(&messages, SHARD, &all);
+    let m = messages
+        .iter()
+        .find(|m| m.value.as_deref() == Some(b"v0".as_slice()))
+        .expect("first record");
+    assert_eq!(m.key.as_deref(), Some("ключ-🔑".as_bytes()));
+}
+
+#[test]
+fn null_data_null_key_empty_data_and_binary_data_are_kept_as_they_are() {
+    let kafka = Kafka::start(1, "odd-records", 2);
+    let mut r = start_initialized(&base_config(&kafka.bootstrap(), "odd-records"));
+    let all = vec![
+        TestRecord {
+            data: None,
+            partition_key: Some("k1".into()),
+            sequence_number: seq_number(0),
+            sub_sequence_number: Some(0),
+            arrival_ms: Some(1_700_000_000_001),
+        },
+        TestRecord {
+            data: Some(b"no key".to_vec()),
+            partition_key: None,
+            sequence_number: seq_number(1),
+            sub_sequence_number: Some(0),
+            arrival_ms: Some(1_700_000_000_002),
+        },
+        TestRecord {
+            data: Some(Vec::new()),
+            partition_key: Some("k3".into()),
+            sequence_number: seq_number(2),
+            sub_sequence_number: Some(0),
+            arrival_ms: Some(1_700_000_000_003),
+        },
+        TestRecord {
+            data: Some((0..=255u8).collect()),
+            partition_key: Some("k4".into()),
+            sequence_number: seq_number(3),
+            sub_sequence_number: Some(0),
+            arrival_ms: Some(1_700_000_000_004),
+        },
+    ];
+    r.process_records(&all, Some(0));
+    r.shard_ended();
+    assert!(r.wait_exit(EXIT).success(), "{}", r.dump());
+    assert_eq!(r.last_checkpoint(), Some(ExtSeq::shard_end()));
+    let messages = kafka.read(all.len(), READ);
+    assert_delivered(&messages, SHARD, &all);
+}
+
+#[test]
+fn null_arrival_timestamp_omits_the_arrival_header() {
+    let kafka = Kafka::start(1, "no-arrival", 1);
+    let mut r = start_initialized(&base_config(&kafka.bootstrap(), "no-arrival"));
+    let mut record = TestRecord::generated(0);
+    record.arrival_ms = None;
+    r.process_records(std::slice::from_ref(&record), Some(0));
+    r.shard_ended();
+    assert!(r.wait_exit(EXIT).success(), "{}", r.dump());
+    let messages = kafka.read(1, READ);
+    assert_delivered(&messages, SHARD, std::slice::from_ref(&record));
+    assert_eq!(messages[0].header(HDR_ARRIVAL), None);
+    assert_eq!(messages[0].header(HDR_SUB).as_deref(), Some("0"));
+}
+
+#[test]
+fn aggregated_sub_records_are_delivered_and_checkpointed_with_their_sub_sequence_numbers() {
+    let kafka = Kafka::start(1, "kpl", 3);
+    let mut r = start(&config_with(
+        &kafka.bootstrap(),
+        "kpl",
+        json!({"pipeline": {"wait_for_ack": true}}),
+    ));
+    r.initialize(SHARD, TRIM_HORIZON);
+    let first = aggregated(0, 4);
+    let second = aggregated(1, 3);
+    r.process_records(&first, Some(0));
+    assert_eq!(
+        r.lease_checkpoint(),
+        ExtSeq::new(seq_number(0), 3),
+        "{}",
+        r.dump()
+    );
+    r.process_records(&second[..2], Some(0));
+    assert_eq!(
+        r.lease_checkpoint(),
+        ExtSeq::new(seq_number(1), 1),
+        "{}",
+        r.dump()
+    );
+    assert!(r.received_checkpoint_lines().contains(&format!(
+        r#"{{"action":"checkpoint","sequenceNumber":"{}","subSequenceNumber":1}}"#,
+        seq_number(1)
+    )));
+    r.process_records(&second[2..], Some(0));
+    r.shard_ended();
+    assert!(r.wait_exit(EXIT).success(), "{}", r.dump());
+    let all: Vec<TestRecord> = first.into_iter().chain(second).collect();
+    let messages = kafka.read(all.len(), READ);
+    assert_delivered(&messages, SHARD, &all);
+}
+
+#[test]
+fn headers_can_be_turned_off() {
+    let kafka = Kafka::start(1, "no-headers", 1);
+    let mut r = start_initialized(&config_with(
+        &kafka.bootstrap(),
+        "no-headers",
+        json!({"records": {"headers": false}}),
+    ));
+    let all = records(0, 20);
+    r.process_records(&all, Some(0));
+    r.shard_ended();
+    assert!(r.wait_exit(EXIT).success(), "{}", r.dump());
+    let messages = kafka.read(all.len(), READ);
+    assert_delivered_by_value(&messages, &all);
+    assert!(messages.iter().all(|m| m.headers.is_empty()));
+}
