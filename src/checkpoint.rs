@@ -201,6 +201,16 @@ impl Frontier {
         self.changed.notify_all();
     }
 
+    /// The position of a record still in flight.
+    pub fn position(&self, id: RecordId) -> Option<Position> {
+        let inner = self.lock();
+        let index = id.checked_sub(inner.first_id)?;
+        inner
+            .slots
+            .get(index)
+            .and_then(|slot| slot.position.clone())
+    }
+
     /// Wakes the waiters without a change of state (e.g. a message to produce again).
     pub fn wake(&self) {
         self.changed.notify_all();

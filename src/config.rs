@@ -35,6 +35,10 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub processing: ProcessingConfig,
+    #[serde(default)]
+    pub dead_letter: DeadLetterConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -164,6 +168,229 @@ impl Default for LogConfig {
             summary_interval_seconds: 60.0,
         }
     }
+}
+
+/// The processing stage between Kinesis and Kafka (see the README's "Processing").
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessingConfig {
+    #[serde(default)]
+    pub topic: TopicRouting,
+    #[serde(default)]
+    pub key: KeyConfig,
+    #[serde(default)]
+    pub partition: PartitionConfig,
+    /// Kinesis shards of the stream (NUMBER_OF_SHARDS), compared with the partition count
+    /// when partitioning by shard.
+    #[serde(default, deserialize_with = "optional_count")]
+    pub number_of_shards: Option<u32>,
+    #[serde(default)]
+    pub validation: ValidationConfig,
+    #[serde(default)]
+    pub filter: Option<FilterConfig>,
+    #[serde(default)]
+    pub decompress: Decompress,
+    #[serde(default)]
+    pub cloudwatch_logs: CloudWatchLogsConfig,
+    #[serde(default)]
+    pub envelope: Envelope,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TopicSource {
+    /// Always `kafka.topic`.
+    #[default]
+    Fixed,
+    /// A field of the JSON payload names the topic.
+    Field,
+    /// A regular expression on the partition key names the topic.
+    PartitionKey,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicRouting {
+    #[serde(default, deserialize_with = "lenient_enum")]
+    pub from: TopicSource,
+    /// For `field`: a dotted path (`meta.type`) or a JSON pointer (`/meta/type`).
+    #[serde(default)]
+    pub field: String,
+    /// For `partition_key`: a regular expression matched against the partition key.
+    #[serde(default)]
+    pub pattern: String,
+    /// The topic made from a match: `$1`, `${name}` refer to the pattern's groups, `$0` or
+    /// an empty template to the whole match (for `field`, `$0` is the field's value).
+    #[serde(default)]
+    pub template: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeySource {
+    #[default]
+    PartitionKey,
+    Field,
+    None,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    #[serde(default, deserialize_with = "lenient_enum")]
+    pub from: KeySource,
+    #[serde(default)]
+    pub field: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartitionStrategy {
+    /// murmur2 of the key, as the Java client does.
+    #[default]
+    Key,
+    /// The shard's ordinal modulo the partition count: each shard in one partition.
+    Shard,
+    /// Always `partition.fixed`.
+    Fixed,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionConfig {
+    #[serde(default, deserialize_with = "lenient_enum")]
+    pub by: PartitionStrategy,
+    #[serde(default, deserialize_with = "optional_count")]
+    pub fixed: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnInvalid {
+    /// Stop, as for a record Kafka refuses: no checkpoint passes it.
+    #[default]
+    Fail,
+    /// Count it, log it with its shard and sequence number, and go on.
+    Skip,
+    /// Send it to the dead-letter topic.
+    DeadLetter,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidationConfig {
+    #[serde(default, deserialize_with = "boolean")]
+    pub require_json: bool,
+    #[serde(default, deserialize_with = "lenient_enum")]
+    pub on_invalid: OnInvalid,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FilterAction {
+    /// Keep the records that match, drop the others.
+    #[default]
+    Keep,
+    /// Drop the records that match, keep the others.
+    Drop,
+}
+
+/// A condition on one JSON field. Exactly one of `equals`, `exists`, `one_of`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    pub field: String,
+    #[serde(default, deserialize_with = "lenient_enum")]
+    pub action: FilterAction,
+    #[serde(default)]
+    pub equals: Option<serde_json::Value>,
+    #[serde(default)]
+    pub exists: Option<bool>,
+    #[serde(default)]
+    pub one_of: Option<Vec<serde_json::Value>>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decompress {
+    #[default]
+    None,
+    Gzip,
+    /// Gunzip payloads that start with the gzip magic bytes, pass the rest unchanged.
+    Auto,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogEventKey {
+    #[default]
+    LogStream,
+    LogGroup,
+    EventId,
+    PartitionKey,
+    None,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudWatchLogsConfig {
+    #[serde(default, deserialize_with = "boolean")]
+    pub enabled: bool,
+    #[serde(default, deserialize_with = "lenient_enum")]
+    pub key: LogEventKey,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Envelope {
+    /// The payload bytes as they are.
+    #[default]
+    Raw,
+    /// A JSON object with the payload and the Kinesis metadata.
+    Json,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterConfig {
+    /// Empty: no dead-letter topic.
+    #[serde(default)]
+    pub topic: String,
+}
+
+/// An enum written in any case, with `-` or `_`, and empty meaning the default (so that
+/// `${VAR:-}` in a template means "not set").
+fn lenient_enum<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: serde::de::DeserializeOwned + Default,
+{
+    let text = String::deserialize(d)?;
+    let normal = text.trim().to_ascii_lowercase().replace('-', "_");
+    if normal.is_empty() {
+        return Ok(T::default());
+    }
+    serde_json::from_value(serde_json::Value::String(normal))
+        .map_err(|e| de::Error::custom(format!("{text:?}: {e}")))
+}
+
+fn optional_count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    let text = match Option::<Scalar>::deserialize(d)? {
+        None => return Ok(None),
+        Some(Scalar::Number(n)) if n >= 0.0 && n.fract() == 0.0 && n <= u32::MAX as f64 => {
+            return Ok(Some(n as u32))
+        }
+        Some(Scalar::Number(n)) => n.to_string(),
+        Some(Scalar::Text(s)) => s,
+        Some(Scalar::Bool(b)) => b.to_string(),
+    };
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    text.trim()
+        .parse::<u32>()
+        .map(Some)
+        .map_err(|_| de::Error::custom(format!("expected a whole number, found {text:?}")))
 }
 
 fn thirty() -> f64 {
@@ -445,7 +672,57 @@ impl Config {
         if self.pipeline.max_in_flight_records == 0 || self.pipeline.max_in_flight_bytes == 0 {
             bail!("pipeline.max_in_flight_records and pipeline.max_in_flight_bytes must be at least 1");
         }
+        self.validate_processing()
+    }
+
+    fn validate_processing(&self) -> Result<()> {
+        let p = &self.processing;
+        match p.topic.from {
+            TopicSource::Field if p.topic.field.trim().is_empty() => {
+                bail!("processing.topic.from is \"field\" but processing.topic.field is empty; name the JSON field that holds the topic")
+            }
+            TopicSource::PartitionKey => {
+                if p.topic.pattern.is_empty() {
+                    bail!("processing.topic.from is \"partition_key\" but processing.topic.pattern is empty; give a regular expression such as ^([a-z]+)-")
+                }
+                regex::Regex::new(&p.topic.pattern).map_err(|e| {
+                    anyhow!("processing.topic.pattern is not a valid regular expression: {e}")
+                })?;
+            }
+            _ => {}
+        }
+        if p.key.from == KeySource::Field && p.key.field.trim().is_empty() {
+            bail!("processing.key.from is \"field\" but processing.key.field is empty; name the JSON field that holds the key");
+        }
+        if p.partition.by == PartitionStrategy::Fixed && p.partition.fixed.is_none() {
+            bail!("processing.partition.by is \"fixed\" but processing.partition.fixed is not set; give the partition number");
+        }
+        if let Some(filter) = &p.filter {
+            if filter.field.trim().is_empty() {
+                bail!("processing.filter.field is empty; name the JSON field to test");
+            }
+            let conditions = [
+                filter.equals.is_some(),
+                filter.exists.is_some(),
+                filter.one_of.is_some(),
+            ];
+            if conditions.iter().filter(|c| **c).count() != 1 {
+                bail!("processing.filter needs exactly one of equals, exists, one_of");
+            }
+        }
+        let dead_letter = self.dead_letter.topic.trim();
+        if p.validation.on_invalid == OnInvalid::DeadLetter && dead_letter.is_empty() {
+            bail!("processing.validation.on_invalid is \"dead_letter\" but dead_letter.topic is empty; set KAFKA_DEAD_LETTER_TOPIC");
+        }
+        if !dead_letter.is_empty() && dead_letter == self.kafka.topic.trim() {
+            bail!("dead_letter.topic is the target topic {dead_letter}; choose another topic for records that cannot be delivered");
+        }
         Ok(())
+    }
+
+    /// The dead-letter topic, if one is configured.
+    pub fn dead_letter_topic(&self) -> Option<&str> {
+        Some(self.dead_letter.topic.trim()).filter(|t| !t.is_empty())
     }
 
     fn security_protocol(&self) -> String {

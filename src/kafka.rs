@@ -1,63 +1,60 @@
-//! The Kafka side: producer setup, delivery reports, backpressure, and the topic check.
+//! The Kafka side: producer setup, delivery reports, backpressure, partitioning by
+//! shard, the dead-letter topic, and the topic check.
 //!
 //! Delivery reports are handled on librdkafka's polling thread (`ThreadedProducer`), which
-//! only updates the [`Frontier`]; it never blocks. The session thread sends, and waits on
-//! the frontier when the producer's queue or the in-flight window is full.
+//! only updates the [`Frontier`] or hands a message back to the session thread; it never
+//! blocks. The session thread sends, and waits on the frontier when the producer's queue
+//! or the in-flight window is full.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context as _, Result};
-use log::{debug, error, warn};
+use log::{debug, error, info, warn};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{DeliveryResult, Headers, Message, OwnedHeaders};
+use rdkafka::message::{DeliveryResult, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
-use crate::checkpoint::{Frontier, RecordId};
-use crate::config::Config;
+use crate::checkpoint::{Frontier, Position, RecordId};
+use crate::config::{Config, PartitionStrategy};
+use crate::transform::{
+    KafkaMessage, KinesisRecord, HEADER_ARRIVAL_TIMESTAMP, HEADER_SEQUENCE_NUMBER, HEADER_SHARD_ID,
+    HEADER_SUB_SEQUENCE_NUMBER,
+};
 
-/// A message ready to be produced. It borrows everything it can from the daemon's line.
-pub struct OutgoingMessage<'a> {
-    pub topic: &'a str,
-    pub key: Option<&'a [u8]>,
-    pub value: Option<&'a [u8]>,
-    /// `None`: the partitioner chooses (murmur2 of the key).
-    pub partition: Option<i32>,
-    /// Epoch milliseconds; `None`: the producer's clock.
-    pub timestamp: Option<i64>,
-    pub headers: Option<OwnedHeaders>,
-}
+/// Headers added to a dead-lettered message.
+pub const HEADER_DEAD_LETTER_ERROR: &str = "dlq.error";
+pub const HEADER_DEAD_LETTER_SOURCE_TOPIC: &str = "dlq.source.topic";
 
-/// A message that librdkafka gave up on (only when the user set a finite
-/// `message.timeout.ms`): it is produced again, so a long outage loses nothing.
-struct Resend {
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A message handed back by the delivery thread: to produce again (librdkafka timed it
+/// out, only possible with a finite `message.timeout.ms`), or to dead-letter (Kafka
+/// refused it for good and a dead-letter topic is configured).
+struct Returned {
     id: RecordId,
     topic: String,
-    partition: Option<i32>,
     key: Option<Vec<u8>>,
     value: Option<Vec<u8>>,
     timestamp: Option<i64>,
     headers: Option<OwnedHeaders>,
+    /// `Some(reason)`: dead-letter it; `None`: produce it again.
+    dead_letter: Option<String>,
 }
 
 /// Receives delivery reports on librdkafka's thread.
 pub struct DeliveryContext {
     frontier: Arc<Frontier>,
-    resends: Mutex<Vec<Resend>>,
+    dead_letter_topic: Option<String>,
+    returned: Mutex<Vec<Returned>>,
+    dead_lettered: AtomicU64,
     /// The last error librdkafka reported for the client as a whole (e.g. authentication),
-    /// so that a stalled producer or `--check-config` can say why.
+    /// so that a stalled producer can say why.
     last_client_error: Mutex<Option<String>>,
-}
-
-impl DeliveryContext {
-    fn last_client_error(&self) -> Option<String> {
-        self.last_client_error
-            .lock()
-            .map(|e| e.clone())
-            .unwrap_or_default()
-    }
 }
 
 impl ClientContext for DeliveryContext {
@@ -70,7 +67,7 @@ impl ClientContext for DeliveryContext {
             | RDKafkaLogLevel::Error => error!(target: "librdkafka", "{fac}: {log_message}"),
             RDKafkaLogLevel::Warning => warn!(target: "librdkafka", "{fac}: {log_message}"),
             RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                log::info!(target: "librdkafka", "{fac}: {log_message}")
+                info!(target: "librdkafka", "{fac}: {log_message}")
             }
             RDKafkaLogLevel::Debug => debug!(target: "librdkafka", "{fac}: {log_message}"),
         }
@@ -89,73 +86,300 @@ impl ProducerContext for DeliveryContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, id: usize) {
         let (error, message) = match result {
-            Ok(_) => {
+            Ok(message) => {
+                if self.is_dead_letter_topic(message.topic()) {
+                    self.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                }
                 self.frontier.acknowledge(id);
                 return;
             }
             Err((error, message)) => (error, message),
         };
-        match error.rdkafka_error_code() {
+        let dead_letter = match error.rdkafka_error_code() {
             // Only at exit, when the producer is dropped: these records stay behind the
             // checkpoint and will be read again.
-            Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight) => {}
+            Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight) => return,
             Some(RDKafkaErrorCode::MessageTimedOut) => {
                 warn!(
                     "a message to {} timed out after message.timeout.ms; producing it again",
                     message.topic()
                 );
-                let resend = Resend {
-                    id,
-                    topic: message.topic().to_owned(),
-                    partition: None,
-                    key: message.key().map(<[u8]>::to_vec),
-                    value: message.payload().map(<[u8]>::to_vec),
-                    timestamp: message.timestamp().to_millis(),
-                    headers: message.headers().map(|h| h.detach()),
-                };
-                if let Ok(mut resends) = self.resends.lock() {
-                    resends.push(resend);
-                }
-                self.frontier.wake();
+                None
             }
-            _ => self.frontier.fail(
-                id,
-                format!(
+            _ => {
+                let reason = format!(
                     "Kafka refused the message for topic {} partition {}: {error}",
                     message.topic(),
                     message.partition()
-                ),
-            ),
+                );
+                if self.dead_letter_topic.is_none() || self.is_dead_letter_topic(message.topic()) {
+                    self.frontier.fail(id, reason);
+                    return;
+                }
+                Some(reason)
+            }
+        };
+        let returned = Returned {
+            id,
+            topic: message.topic().to_owned(),
+            key: message.key().map(<[u8]>::to_vec),
+            value: message.payload().map(<[u8]>::to_vec),
+            timestamp: message.timestamp().to_millis(),
+            headers: message.headers().map(|h| h.detach()),
+            dead_letter,
+        };
+        if let Ok(mut list) = self.returned.lock() {
+            list.push(returned);
         }
+        self.frontier.wake();
     }
 }
 
-/// The producer with its frontier.
+impl DeliveryContext {
+    fn is_dead_letter_topic(&self, topic: &str) -> bool {
+        self.dead_letter_topic.as_deref() == Some(topic)
+    }
+}
+
+/// A message that could not be queued, for a reason that retrying will not fix.
+#[derive(Debug)]
+pub struct SendError(pub String);
+
+/// The producer, with what it needs to address and account for every message.
 pub struct KafkaSink {
     producer: ThreadedProducer<DeliveryContext>,
     frontier: Arc<Frontier>,
+    default_topic: String,
+    kinesis_headers: bool,
+    by_shard: bool,
+    shard_id: String,
+    /// The shard's ordinal (the number in `shardId-000000000007`), for partitioning by shard.
+    shard_ordinal: u64,
+    /// Partition counts of the topics written to, for partitioning by shard.
+    partition_counts: HashMap<String, i32>,
 }
-
-/// A record that could not even be queued, for a reason that retrying will not fix.
-#[derive(Debug)]
-pub struct SendError(pub String);
 
 impl KafkaSink {
     pub fn new(config: &Config, frontier: Arc<Frontier>) -> Result<KafkaSink> {
         let context = DeliveryContext {
             frontier: frontier.clone(),
-            resends: Mutex::new(Vec::new()),
+            dead_letter_topic: config.dead_letter_topic().map(str::to_owned),
+            returned: Mutex::new(Vec::new()),
+            dead_lettered: AtomicU64::new(0),
             last_client_error: Mutex::new(None),
         };
         let producer: ThreadedProducer<DeliveryContext> = client_config(config)
             .create_with_context(context)
             .map_err(|e| anyhow!("cannot create the Kafka producer: {e}; check kafka.properties in the configuration"))?;
-        Ok(KafkaSink { producer, frontier })
+        Ok(KafkaSink {
+            producer,
+            frontier,
+            default_topic: config.kafka.topic.trim().to_owned(),
+            kinesis_headers: config.records.headers,
+            by_shard: config.processing.partition.by == PartitionStrategy::Shard,
+            shard_id: String::new(),
+            shard_ordinal: 0,
+            partition_counts: HashMap::new(),
+        })
+    }
+
+    /// Called once the shard is known. With partitioning by shard, looks up the target
+    /// topic's partition count and says how shards map onto partitions.
+    pub fn set_shard(&mut self, shard_id: &str, number_of_shards: Option<u32>) {
+        self.shard_id = shard_id.to_owned();
+        self.shard_ordinal = shard_ordinal(shard_id);
+        if !self.by_shard {
+            return;
+        }
+        let topic = self.default_topic.clone();
+        match self.partition_count(&topic) {
+            Some(partitions) => {
+                let partition = self.shard_ordinal % partitions as u64;
+                info!("partitioning by shard: {shard_id} writes to partition {partition} of the {partitions} of {topic}");
+                match number_of_shards {
+                    Some(shards) if shards as i64 > partitions as i64 => warn!(
+                        "NUMBER_OF_SHARDS is {shards} but {topic} has {partitions} partitions: several shards share a partition (shard ordinal modulo {partitions}); each shard's order is still kept"
+                    ),
+                    Some(shards) if (shards as i64) < partitions as i64 => warn!(
+                        "NUMBER_OF_SHARDS is {shards} but {topic} has {partitions} partitions: some partitions get no records (child shards after resharding have higher ordinals and use them)"
+                    ),
+                    _ => {}
+                }
+            }
+            None => warn!("partitioning by shard: the partition count of {topic} is not known yet; it is looked up again at the first record"),
+        }
+    }
+
+    /// The partition of this shard in `topic` (`None`: the default topic).
+    fn shard_partition(&mut self, topic: Option<&str>) -> Option<i32> {
+        let name = topic.unwrap_or(&self.default_topic);
+        let count = match self.partition_counts.get(name) {
+            Some(count) => *count,
+            None => {
+                let name = name.to_owned();
+                self.partition_count(&name)?
+            }
+        };
+        Some((self.shard_ordinal % count as u64) as i32)
+    }
+
+    fn partition_count(&mut self, topic: &str) -> Option<i32> {
+        if let Some(count) = self.partition_counts.get(topic) {
+            return Some(*count);
+        }
+        let metadata = match self
+            .producer
+            .client()
+            .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+        {
+            Ok(metadata) => metadata,
+            Err(e) => {
+                warn!("cannot read the partition count of {topic}: {e}");
+                return None;
+            }
+        };
+        let count = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map(|t| t.partitions().len() as i32)
+            .filter(|n| *n > 0)?;
+        self.partition_counts.insert(topic.to_owned(), count);
+        Some(count)
     }
 
     /// Queues one message of record `id`. When librdkafka's queue is full, waits for room:
-    /// a record is never dropped to keep up.
-    pub fn send(&self, id: RecordId, message: OutgoingMessage<'_>) -> Result<(), SendError> {
+    /// a record is never dropped to keep up. A message Kafka refuses at once goes to the
+    /// dead-letter topic when there is one.
+    pub fn send(
+        &mut self,
+        id: RecordId,
+        record: &KinesisRecord<'_>,
+        message: KafkaMessage<'_>,
+    ) -> Result<(), SendError> {
+        let partition = match message.partition {
+            None if self.by_shard => self.shard_partition(message.topic.as_deref()),
+            partition => partition,
+        };
+        let topic = message.topic.as_deref().unwrap_or(&self.default_topic);
+        let mut headers = self.kinesis_headers.then(|| kinesis_headers(record));
+        for (name, value) in &message.headers {
+            headers = Some(headers.unwrap_or_default().insert(Header {
+                key: name,
+                value: Some(value.as_ref()),
+            }));
+        }
+        let outgoing = Outgoing {
+            topic,
+            key: message.key.as_deref(),
+            value: message.value.as_deref(),
+            partition,
+            timestamp: message.timestamp,
+            headers,
+        };
+        match self.enqueue(id, outgoing) {
+            Ok(()) => Ok(()),
+            Err((reason, returned)) => {
+                let position = self.frontier.position(id);
+                self.dead_letter_or_fail(id, returned, reason, position.as_ref())
+            }
+        }
+    }
+
+    /// Sends a record that the processing stage rejected to the dead-letter topic.
+    pub fn dead_letter(
+        &mut self,
+        id: RecordId,
+        record: &KinesisRecord<'_>,
+        reason: &str,
+    ) -> Result<(), SendError> {
+        let Some(dead_letter_topic) = self.producer.context().dead_letter_topic.clone() else {
+            return Err(SendError(format!("no dead-letter topic for: {reason}")));
+        };
+        let headers = kinesis_headers(record)
+            .insert(Header {
+                key: HEADER_DEAD_LETTER_ERROR,
+                value: Some(reason),
+            })
+            .insert(Header {
+                key: HEADER_DEAD_LETTER_SOURCE_TOPIC,
+                value: Some(self.default_topic.as_str()),
+            });
+        let outgoing = Outgoing {
+            topic: &dead_letter_topic,
+            key: record.partition_key.map(str::as_bytes),
+            value: record.data,
+            partition: None,
+            timestamp: record.approximate_arrival_timestamp,
+            headers: Some(headers),
+        };
+        self.enqueue(id, outgoing).map_err(|(reason, _)| {
+            SendError(format!("the dead-letter topic refused it too: {reason}"))
+        })
+    }
+
+    /// Sends a message Kafka refused to the dead-letter topic, or fails its record.
+    fn dead_letter_or_fail(
+        &mut self,
+        id: RecordId,
+        refused: Refused,
+        reason: String,
+        position: Option<&Position>,
+    ) -> Result<(), SendError> {
+        let dead_letter_topic = self.producer.context().dead_letter_topic.clone();
+        let Some(dead_letter_topic) = dead_letter_topic.filter(|t| *t != refused.topic) else {
+            return Err(SendError(reason));
+        };
+        let mut headers = refused.headers.unwrap_or_default();
+        if !self.kinesis_headers {
+            // The dead-letter message always says where it came from.
+            headers = headers.insert(Header {
+                key: HEADER_SHARD_ID,
+                value: Some(self.shard_id.as_str()),
+            });
+            if let Some(position) = position {
+                headers = headers
+                    .insert(Header {
+                        key: HEADER_SEQUENCE_NUMBER,
+                        value: Some(&*position.sequence_number),
+                    })
+                    .insert(Header {
+                        key: HEADER_SUB_SEQUENCE_NUMBER,
+                        value: Some(position.sub_sequence_number.to_string().as_str()),
+                    });
+            }
+        }
+        let headers = headers
+            .insert(Header {
+                key: HEADER_DEAD_LETTER_ERROR,
+                value: Some(reason.as_str()),
+            })
+            .insert(Header {
+                key: HEADER_DEAD_LETTER_SOURCE_TOPIC,
+                value: Some(refused.topic.as_str()),
+            });
+        warn!(
+            "dead-lettering a message of {}: {reason}",
+            position.map_or("a record without sequence number".to_owned(), |p| p
+                .to_string())
+        );
+        let outgoing = Outgoing {
+            topic: &dead_letter_topic,
+            key: refused.key.as_deref(),
+            value: refused.value.as_deref(),
+            partition: None,
+            timestamp: refused.timestamp,
+            headers: Some(headers),
+        };
+        self.enqueue(id, outgoing).map_err(|(dead_letter_reason, _)| {
+            SendError(format!(
+                "{reason}; the dead-letter topic {dead_letter_topic} refused it too: {dead_letter_reason}"
+            ))
+        })
+    }
+
+    /// Hands one message to librdkafka, waiting while its queue is full.
+    fn enqueue(&self, id: RecordId, message: Outgoing<'_>) -> Result<(), (String, Refused)> {
         let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(message.topic, id);
         if let Some(key) = message.key {
             record = record.key(key);
@@ -172,64 +396,183 @@ impl KafkaSink {
         if let Some(headers) = message.headers {
             record = record.headers(headers);
         }
-        let mut waited_since: Option<Instant> = None;
+        let mut waiting_since: Option<Instant> = None;
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
                     record = returned;
-                    let since = *waited_since.get_or_insert_with(Instant::now);
+                    let since = *waiting_since.get_or_insert_with(Instant::now);
                     if since.elapsed() > Duration::from_secs(30) {
                         warn!("librdkafka's queue has been full for 30 s; still waiting for Kafka to acknowledge");
-                        waited_since = Some(Instant::now());
+                        waiting_since = Some(Instant::now());
                     }
                     let acknowledged = self.frontier.state().acknowledged_messages;
                     self.frontier.wait_until(Duration::from_millis(50), |s| {
                         s.acknowledged_messages != acknowledged
                     });
                 }
-                Err((error, _)) => {
-                    return Err(SendError(format!(
+                Err((error, returned)) => {
+                    let reason = format!(
                         "Kafka refused the message for topic {} before sending it: {error}",
-                        message.topic
-                    )))
+                        returned.topic
+                    );
+                    return Err((
+                        reason,
+                        Refused {
+                            topic: returned.topic.to_owned(),
+                            key: returned.key.map(<[u8]>::to_vec),
+                            value: returned.payload.map(<[u8]>::to_vec),
+                            timestamp: returned.timestamp,
+                            headers: returned.headers,
+                        },
+                    ));
                 }
             }
         }
     }
 
-    /// Produces again the messages that librdkafka timed out.
-    pub fn resend_timed_out(&self) -> Result<(), SendError> {
-        let resends = match self.producer.context().resends.lock() {
-            Ok(mut resends) => std::mem::take(&mut *resends),
+    /// Produces again what the delivery thread handed back: timed-out messages to their
+    /// topic, refused ones to the dead-letter topic.
+    pub fn handle_returned(&mut self) -> Result<(), SendError> {
+        let returned = match self.producer.context().returned.lock() {
+            Ok(mut list) => std::mem::take(&mut *list),
             Err(_) => return Ok(()),
         };
-        for r in resends {
-            self.send(
-                r.id,
-                OutgoingMessage {
-                    topic: &r.topic,
-                    key: r.key.as_deref(),
-                    value: r.value.as_deref(),
-                    partition: r.partition,
-                    timestamp: r.timestamp,
-                    headers: r.headers,
-                },
-            )?;
+        for r in returned {
+            let refused = Refused {
+                topic: r.topic,
+                key: r.key,
+                value: r.value,
+                timestamp: r.timestamp,
+                headers: r.headers,
+            };
+            let position = self.frontier.position(r.id);
+            match r.dead_letter {
+                Some(reason) => {
+                    if let Err(e) =
+                        self.dead_letter_or_fail(r.id, refused, reason, position.as_ref())
+                    {
+                        self.frontier.fail(r.id, e.0);
+                    }
+                }
+                None => {
+                    let outgoing = Outgoing {
+                        topic: &refused.topic,
+                        key: refused.key.as_deref(),
+                        value: refused.value.as_deref(),
+                        partition: None,
+                        timestamp: refused.timestamp,
+                        headers: refused.headers,
+                    };
+                    if let Err((reason, again)) = self.enqueue(r.id, outgoing) {
+                        if let Err(e) =
+                            self.dead_letter_or_fail(r.id, again, reason, position.as_ref())
+                        {
+                            self.frontier.fail(r.id, e.0);
+                        }
+                    }
+                }
+            }
         }
         Ok(())
     }
 
-    pub fn last_client_error(&self) -> Option<String> {
-        self.producer.context().last_client_error()
+    pub fn dead_lettered(&self) -> u64 {
+        self.producer
+            .context()
+            .dead_lettered
+            .load(Ordering::Relaxed)
     }
 
-    /// Gives librdkafka a bounded time to deliver what is queued (at exit).
+    pub fn last_client_error(&self) -> Option<String> {
+        self.producer
+            .context()
+            .last_client_error
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default()
+    }
+
+    /// Gives librdkafka a bounded time to deliver what is queued.
     pub fn flush(&self, timeout: Duration) {
         if let Err(e) = self.producer.flush(timeout) {
             debug!("flush: {e}");
         }
     }
+}
+
+/// A message as handed to librdkafka.
+struct Outgoing<'a> {
+    topic: &'a str,
+    key: Option<&'a [u8]>,
+    value: Option<&'a [u8]>,
+    partition: Option<i32>,
+    timestamp: Option<i64>,
+    headers: Option<OwnedHeaders>,
+}
+
+/// A message librdkafka would not take, with what is needed to send it elsewhere.
+struct Refused {
+    topic: String,
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+    timestamp: Option<i64>,
+    headers: Option<OwnedHeaders>,
+}
+
+/// The number at the end of a shard id (`shardId-000000000007` → 7); other ids hash.
+pub fn shard_ordinal(shard_id: &str) -> u64 {
+    let digits: String = shard_id
+        .chars()
+        .rev()
+        .take_while(char::is_ascii_digit)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    digits.parse::<u64>().unwrap_or_else(|_| {
+        // FNV-1a: stable across runs and versions, unlike the std hasher.
+        shard_id.bytes().fold(0xcbf29ce484222325, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100000001b3)
+        })
+    })
+}
+
+/// The metadata headers of a record.
+pub fn kinesis_headers(record: &KinesisRecord<'_>) -> OwnedHeaders {
+    let mut digits = [0u8; 20];
+    let mut headers = OwnedHeaders::new_with_capacity(4).insert(Header {
+        key: HEADER_SHARD_ID,
+        value: Some(record.shard_id),
+    });
+    if let Some(sequence_number) = record.sequence_number {
+        headers = headers.insert(Header {
+            key: HEADER_SEQUENCE_NUMBER,
+            value: Some(sequence_number),
+        });
+    }
+    headers = headers.insert(Header {
+        key: HEADER_SUB_SEQUENCE_NUMBER,
+        value: Some(format_i64(&mut digits, record.sub_sequence_number)),
+    });
+    if let Some(arrival) = record.approximate_arrival_timestamp {
+        headers = headers.insert(Header {
+            key: HEADER_ARRIVAL_TIMESTAMP,
+            value: Some(format_i64(&mut digits, arrival)),
+        });
+    }
+    headers
+}
+
+/// Formats an integer without allocating (headers are built for every record).
+fn format_i64(buf: &mut [u8; 20], value: i64) -> &str {
+    use std::io::Write;
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    // 20 bytes hold every i64 including its sign, so this write cannot fail.
+    let _ = write!(cursor, "{value}");
+    let len = cursor.position() as usize;
+    std::str::from_utf8(&buf[..len]).unwrap_or("0")
 }
 
 fn client_config(config: &Config) -> ClientConfig {
@@ -253,10 +596,10 @@ pub struct TopicCheck {
     pub partitions: usize,
 }
 
-/// Connects within `timeout` and checks that the topic exists, without creating it (a
+/// Connects within `timeout` and checks that `topic` exists, without creating it (a
 /// metadata request for one topic can auto-create it on some brokers, so all topics are
 /// listed instead).
-pub fn check_topic(config: &Config, timeout: Duration) -> Result<TopicCheck> {
+pub fn check_topic(config: &Config, topic: &str, timeout: Duration) -> Result<TopicCheck> {
     let producer: BaseProducer = client_config(config)
         .create()
         .context("cannot create a Kafka client; check kafka.properties")?;
@@ -267,11 +610,10 @@ pub fn check_topic(config: &Config, timeout: Duration) -> Result<TopicCheck> {
             timeout.as_secs()
         )
     })?;
-    let topic = &config.kafka.topic;
     let found = metadata
         .topics()
         .iter()
-        .find(|t| t.name() == topic.as_str())
+        .find(|t| t.name() == topic)
         .filter(|t| t.error().is_none() && !t.partitions().is_empty());
     match found {
         Some(t) => Ok(TopicCheck {
@@ -279,16 +621,55 @@ pub fn check_topic(config: &Config, timeout: Duration) -> Result<TopicCheck> {
             partitions: t.partitions().len(),
         }),
         None => Err(anyhow!(
-            "topic {topic} does not exist on {servers}; create it (the replicator never creates topics) or fix KAFKA_TOPIC"
+            "topic {topic} does not exist on {servers}; create it (the replicator never creates topics) or fix the setting that names it"
         )),
     }
 }
 
-/// Reads a header value as UTF-8, for logs and tests.
-pub fn header_str<H: Headers>(headers: &H, name: &str) -> Option<String> {
-    headers
-        .iter()
-        .find(|h| h.key == name)
-        .and_then(|h| h.value)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::message::Headers;
+
+    #[test]
+    fn shard_ordinals() {
+        assert_eq!(shard_ordinal("shardId-000000000007"), 7);
+        assert_eq!(shard_ordinal("shardId-000000000120"), 120);
+        assert_eq!(shard_ordinal("odd"), shard_ordinal("odd"));
+        assert_ne!(shard_ordinal("odd"), shard_ordinal("other"));
+    }
+
+    #[test]
+    fn headers_carry_the_kinesis_metadata() {
+        let record = KinesisRecord {
+            shard_id: "shardId-000000000001",
+            data: Some(b"x"),
+            partition_key: Some("k"),
+            sequence_number: Some("49590338271490256608559692538361571095921575989136588898"),
+            sub_sequence_number: 3,
+            approximate_arrival_timestamp: Some(-1700000000123),
+        };
+        let headers = kinesis_headers(&record);
+        let pairs: Vec<(String, String)> = headers
+            .iter()
+            .map(|h| {
+                (
+                    h.key.to_owned(),
+                    String::from_utf8(h.value.unwrap().to_vec()).unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            pairs,
+            vec![
+                (HEADER_SHARD_ID.into(), "shardId-000000000001".into()),
+                (
+                    HEADER_SEQUENCE_NUMBER.into(),
+                    "49590338271490256608559692538361571095921575989136588898".into()
+                ),
+                (HEADER_SUB_SEQUENCE_NUMBER.into(), "3".into()),
+                (HEADER_ARRIVAL_TIMESTAMP.into(), "-1700000000123".into()),
+            ]
+        );
+    }
 }

@@ -6,9 +6,11 @@
 //! them ([`kafka`]), and checkpoints the acknowledged frontier ([`checkpoint`]).
 
 pub mod checkpoint;
+pub mod cli;
 pub mod config;
 pub mod kafka;
 pub mod logging;
+pub mod processing;
 pub mod protocol;
 pub mod replicator;
 pub mod session;
@@ -22,8 +24,10 @@ use log::{error, info};
 use crate::checkpoint::Frontier;
 use crate::config::Config;
 use crate::kafka::KafkaSink;
+use crate::processing::ConfiguredStage;
 use crate::replicator::Replicator;
 use crate::session::{End, Session};
+use crate::transform::{Pipeline, Placement, Transform};
 
 /// Exit code: stdin closed between messages, everything handled.
 pub const EXIT_OK: i32 = 0;
@@ -35,7 +39,19 @@ pub const EXIT_CONFIG: i32 = 2;
 
 /// Runs the processor as a MultiLang child on `input` (the daemon's messages) and
 /// `output` (the protocol channel) until stdin closes. Returns the exit code.
-pub fn run_child<R: Read>(config: Config, input: R, output: std::fs::File) -> i32 {
+pub fn run_child<R: Read>(
+    config: Config,
+    custom: Option<(Box<dyn Transform>, Placement)>,
+    input: R,
+    output: std::fs::File,
+) -> i32 {
+    let pipeline = match build_pipeline(&config, custom) {
+        Ok(pipeline) => pipeline,
+        Err(e) => {
+            error!("invalid processing configuration: {e:#}");
+            return EXIT_CONFIG;
+        }
+    };
     let frontier = Arc::new(Frontier::new());
     let sink = match KafkaSink::new(&config, frontier.clone()) {
         Ok(sink) => sink,
@@ -44,7 +60,7 @@ pub fn run_child<R: Read>(config: Config, input: R, output: std::fs::File) -> i3
             return EXIT_CONFIG;
         }
     };
-    let mut replicator = Replicator::new(config, frontier, sink);
+    let mut replicator = Replicator::new(config, frontier, sink, pipeline);
     let mut session = Session::new(input, output);
     match session.run(&mut replicator) {
         End::Eof => {
@@ -58,4 +74,29 @@ pub fn run_child<R: Read>(config: Config, input: R, output: std::fs::File) -> i3
             EXIT_FAILURE
         }
     }
+}
+
+/// The stages a record goes through: the configured one (when anything is configured)
+/// and the custom transform, in place of it or after it.
+pub fn build_pipeline(
+    config: &Config,
+    custom: Option<(Box<dyn Transform>, Placement)>,
+) -> anyhow::Result<Pipeline> {
+    let configured = ConfiguredStage::from_config(config)?;
+    let mut stages: Vec<Box<dyn Transform>> = Vec::new();
+    match custom {
+        Some((transform, Placement::Replace)) => stages.push(transform),
+        Some((transform, Placement::After)) => {
+            if let Some(stage) = configured {
+                stages.push(Box::new(stage));
+            }
+            stages.push(transform);
+        }
+        None => {
+            if let Some(stage) = configured {
+                stages.push(Box::new(stage));
+            }
+        }
+    }
+    Ok(Pipeline::new(stages))
 }

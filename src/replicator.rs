@@ -6,15 +6,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use log::{debug, error, info, warn};
+use log::{error, info, warn};
 
 use crate::checkpoint::{Frontier, FrontierState, Position};
-use crate::config::Config;
+use crate::config::{Config, OnInvalid};
 use crate::kafka::KafkaSink;
 use crate::logging;
 use crate::protocol::{DaemonMessage, Record};
 use crate::session::{Channel, CheckpointResult, Fatal, Handler};
-use crate::transform::{self, KinesisRecord};
+use crate::transform::{recycle, KafkaMessage, KinesisRecord, Pipeline};
 
 /// How long one wait slice lasts: the longest the processor goes without looking at
 /// failures, timed-out messages, a due checkpoint or a due log line.
@@ -27,6 +27,10 @@ const WAITING_LOG_INTERVAL: Duration = Duration::from_secs(10);
 struct Stats {
     records: u64,
     bytes: u64,
+    /// Records the processing stage turned into no message (filtered out).
+    dropped: u64,
+    /// Invalid records skipped (`on_invalid: skip`).
+    skipped: u64,
     millis_behind_latest: Option<i64>,
 }
 
@@ -44,6 +48,9 @@ pub struct Replicator {
     shard_id: String,
     frontier: Arc<Frontier>,
     sink: KafkaSink,
+    pipeline: Pipeline,
+    /// One buffer for the messages of every record (see [`recycle`]).
+    messages: Vec<KafkaMessage<'static>>,
     /// The last position the daemon confirmed (or the lease's checkpoint at initialize).
     checkpointed: Option<Position>,
     last_checkpoint_attempt: Instant,
@@ -55,13 +62,20 @@ pub struct Replicator {
 }
 
 impl Replicator {
-    pub fn new(config: Config, frontier: Arc<Frontier>, sink: KafkaSink) -> Self {
+    pub fn new(
+        config: Config,
+        frontier: Arc<Frontier>,
+        sink: KafkaSink,
+        pipeline: Pipeline,
+    ) -> Self {
         let now = Instant::now();
         Replicator {
             config,
             shard_id: "unknown-shard".into(),
             frontier,
             sink,
+            pipeline,
+            messages: Vec::new(),
             checkpointed: None,
             last_checkpoint_attempt: now,
             lease_gone: false,
@@ -81,6 +95,8 @@ impl Replicator {
             self.shard_id = shard_id.to_owned();
             logging::set_shard(shard_id);
         }
+        self.sink
+            .set_shard(&self.shard_id, self.config.processing.number_of_shards);
         // Only a numeric position can be compared with; sentinels (TRIM_HORIZON, LATEST,
         // AT_TIMESTAMP) are below every record.
         self.checkpointed = sequence_number
@@ -127,6 +143,9 @@ impl Replicator {
                 |s| s.in_flight_records == 0,
             )?;
         }
+        if let Err(e) = self.sink.handle_returned() {
+            return Err(Fatal::Delivery(e.0));
+        }
         self.check_failure(channel, true)?;
         self.maybe_checkpoint(channel, false)?;
         self.maybe_log_summary();
@@ -168,15 +187,49 @@ impl Replicator {
             warn!("a record has no sequence number; it is replicated but cannot be a checkpoint itself");
         }
         let position = sequence_number.map(|s| Position::new(s, sub_sequence_number));
-        let message = transform::replicate(
-            &kinesis,
-            &self.config.kafka.topic,
-            self.config.records.headers,
-        );
-        let id = self.frontier.track(position, 1, bytes);
-        if let Err(e) = self.sink.send(id, message) {
-            self.frontier.fail(id, e.0);
+        let mut messages = recycle(std::mem::take(&mut self.messages));
+        match self.pipeline.apply(&kinesis, &mut messages) {
+            Ok(()) => {
+                if messages.is_empty() {
+                    self.stats.dropped += 1;
+                }
+                let id = self.frontier.track(position, messages.len() as u32, bytes);
+                for message in messages.drain(..) {
+                    if let Err(e) = self.sink.send(id, &kinesis, message) {
+                        self.frontier.fail(id, e.0);
+                        break;
+                    }
+                }
+            }
+            Err(invalid) => {
+                let at = format!(
+                    "shard {} sequence number {} sub-sequence {}",
+                    self.shard_id,
+                    sequence_number.unwrap_or("null"),
+                    sub_sequence_number
+                );
+                match self.config.processing.validation.on_invalid {
+                    OnInvalid::Fail => {
+                        let id = self.frontier.track(position, 1, bytes);
+                        self.frontier.fail(id, format!("invalid record: {invalid}"));
+                    }
+                    OnInvalid::Skip => {
+                        warn!("skipping the invalid record at {at}: {invalid}");
+                        self.stats.skipped += 1;
+                        self.frontier.track(position, 0, 0);
+                    }
+                    OnInvalid::DeadLetter => {
+                        warn!("dead-lettering the invalid record at {at}: {invalid}");
+                        let id = self.frontier.track(position, 1, bytes);
+                        let reason = format!("invalid record: {invalid}");
+                        if let Err(e) = self.sink.dead_letter(id, &kinesis, &reason) {
+                            self.frontier.fail(id, format!("{reason}; {}", e.0));
+                        }
+                    }
+                }
+            }
         }
+        self.messages = recycle(messages);
         Ok(())
     }
 
@@ -198,7 +251,7 @@ impl Replicator {
                 return Ok(true);
             }
             self.check_failure(channel, mode == CheckpointMode::Periodic)?;
-            if let Err(e) = self.sink.resend_timed_out() {
+            if let Err(e) = self.sink.handle_returned() {
                 return Err(Fatal::Delivery(e.0));
             }
             if mode == CheckpointMode::Periodic {
@@ -417,11 +470,14 @@ impl Replicator {
         self.last_summary = Instant::now();
         let state = self.frontier.state();
         info!(
-            "records={} bytes={} in_flight={} acknowledged={} last_checkpoint={} millisBehindLatest={}",
+            "records={} bytes={} in_flight={} acknowledged={} dropped={} skipped={} dead_lettered={} last_checkpoint={} millisBehindLatest={}",
             self.stats.records,
             self.stats.bytes,
             state.in_flight_records,
             state.acknowledged_messages,
+            self.stats.dropped,
+            self.stats.skipped,
+            self.sink.dead_lettered(),
             self.checkpointed
                 .as_ref()
                 .map_or("none".to_owned(), |p| p.to_string()),
