@@ -1,0 +1,408 @@
+//! Kafka misbehaving: brokers down, transient produce errors, permanent delivery failures.
+//! The guarantees under test: nothing lost, no checkpoint past an unacknowledged record,
+//! backpressure instead of drops, and a clear exit 1 when a record can never be delivered.
+
+mod support;
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use serde_json::json;
+use support::config::{base_config, config_with};
+use support::daemon::*;
+use support::kafka::*;
+use support::*;
+
+const EXIT: Duration = Duration::from_secs(20);
+const READ: Duration = Duration::from_secs(30);
+/// librdkafka's reconnect backoff grows to 10 s; leave room for it after a broker returns.
+const RECOVERY: Duration = Duration::from_secs(45);
+
+fn stored_between(r: &Running, from: Instant, to: Instant) -> Vec<ExtSeq> {
+    r.checkpoint_attempts()
+        .into_iter()
+        .filter(|a| a.at >= from && a.at <= to)
+        .filter_map(|a| match a.outcome {
+            CheckpointOutcome::Stored(v) => Some(v),
+            _ => None,
+        })
+        .collect()
+}
+
+fn assert_not_past(checkpoints: &[ExtSeq], limit: &ExtSeq, r: &Running) {
+    for c in checkpoints {
+        assert_ne!(
+            c.compare(limit).expect("comparable"),
+            std::cmp::Ordering::Greater,
+            "checkpoint {c} passes {limit}, which Kafka could not have acknowledged\n{}",
+            r.dump()
+        );
+    }
+}
+
+/// Send empty batches until the lease checkpoint reaches `target` (pipelined mode checkpoints
+/// the acknowledged frontier at the next processRecords).
+fn drive_until_checkpointed(r: &mut Running, target: &ExtSeq, within: Duration) {
+    let deadline = Instant::now() + within;
+    while r.lease_checkpoint() != *target {
+        assert!(
+            Instant::now() < deadline,
+            "checkpoint did not reach {target} within {within:?}\n{}",
+            r.dump()
+        );
+        thread::sleep(Duration::from_millis(250));
+        r.process_records(&[], Some(0));
+    }
+}
+
+#[test]
+fn all_brokers_down_in_the_middle_of_a_wait_for_ack_batch_withholds_the_status_until_delivered() {
+    let kafka = Kafka::start(3, "down-mid-batch", 3);
+    kafka
+        .cluster
+        .broker_round_trip_time(-1, Duration::from_millis(100))
+        .expect("rtt");
+    let mut r = start_initialized(&config_with(
+        &kafka.bootstrap(),
+        "down-mid-batch",
+        json!({"pipeline": {"wait_for_ack": true}}),
+    ));
+    r.timeout = Duration::from_secs(90);
+    let first = records(0, 100);
+    r.process_records(&first, Some(0));
+    assert_eq!(r.lease_checkpoint(), first[99].ext_seq(), "{}", r.dump());
+
+    let second = records(100, 300);
+    let (result, up_at) = thread::scope(|s| {
+        let batch = s.spawn(|| r.try_process_records(&second, Some(0)));
+        thread::sleep(Duration::from_millis(30));
+        kafka.cluster.broker_down(-1).expect("broker_down");
+        thread::sleep(Duration::from_secs(4));
+        let withheld = !batch.is_finished();
+        kafka.cluster.broker_up(-1).expect("broker_up");
+        let up_at = Instant::now();
+        let result = batch.join().expect("batch thread");
+        assert!(
+            withheld,
+            "processRecords was answered while every broker was down"
+        );
+        (result, up_at)
+    });
+    r.ok(result);
+    // Nothing from the second batch could be acknowledged before the brokers came back.
+    let early: Vec<ExtSeq> = r
+        .checkpoint_attempts()
+        .into_iter()
+        .filter(|a| a.at <= up_at)
+        .filter_map(|a| match a.outcome {
+            CheckpointOutcome::Stored(v) => Some(v),
+            _ => None,
+        })
+        .collect();
+    assert_not_past(&early, &first[99].ext_seq(), &r);
+    assert_eq!(r.lease_checkpoint(), second[299].ext_seq(), "{}", r.dump());
+
+    r.shard_ended();
+    assert!(r.wait_exit(EXIT).success(), "{}", r.dump());
+    let all: Vec<TestRecord> = first.into_iter().chain(second).collect();
+    let messages = kafka.read(all.len(), READ);
+    assert_delivered(&messages, SHARD, &all);
+    assert_no_duplicates(&messages);
+    assert_key_order(&messages);
+}
+
+#[test]
+fn all_brokers_down_pipelined_checkpoints_stay_at_the_acknowledged_frontier_until_they_return() {
+    let kafka = Kafka::start(3, "down-pipelined", 3);
+    let mut r = start_initialized(&base_config(&kafka.bootstrap(), "down-pipelined"));
+    r.timeout = Duration::from_secs(60);
+    let first = records(0, 200);
+    r.process_records(&first, Some(0));
+    // Everything in Kafka before the outage; let the processor checkpoint it.
+    assert_delivered(&kafka.read(first.len(), READ), SHARD, &first);
+    drive_until_checkpointed(&mut r, &first[199].ext_seq(), Duration::from_secs(10));
+
+    kafka.cluster.broker_down(-1).expect("broker_down");
+    let down_at = Instant::now();
+    let second = records(200, 400);
+    for batch in second.chunks(100) {
+        r.process_records(batch, Some(0));
+    }
+    while down_at.elapsed() < Duration::from_secs(5) {
+        thread::sleep(Duration::from_millis(300));
+        r.process_records(&[], Some(0));
+    }
+    kafka.cluster.broker_up(-1).expect("broker_up");
+    let up_at = Instant::now();
+    assert_not_past(
+        &stored_between(&r, down_at, up_at),
+        &first[199].ext_seq(),
+        &r,
+    );
+
+    drive_until_checkpointed(&mut r, &second[399].ext_seq(), RECOVERY);
+    r.shard_ended();
+    assert!(r.wait_exit(EXIT).success(), "{}", r.dump());
+    let all: Vec<TestRecord> = first.into_iter().chain(second).collect();
+    let messages = kafka.read(all.len(), READ);
+    assert_delivered(&messages, SHARD, &all);
+    assert_no_duplicates(&messages);
+    assert_key_order(&messages);
+    assert_checkpoints_covered(&r.checkpoints(), &all, &messages);
+}
+
+#[test]
+fn leader_down_stalls_its_partitions_and_the_frontier_stops_just_before_their_first_record() {
+    let kafka = Kafka::start(3, "leader-down", 6);
+    kafka.spread_leaders(3);
+    let mut r = start_initialized(&base_config(&kafka.bootstrap(), "leader-down"));
+    r.timeout = Duration::from_secs(60);
+    let first = records(0, 100);
+    r.process_records(&first, Some(0));
+    assert_delivered(&kafka.read(first.len(), READ), SHARD, &first);
+    drive_until_checkpointed(&mut r, &first[99].ext_seq(), Duration::from_secs(10));
+
+    // Broker 1 leads partitions 0 and 3.
+    kafka.cluster.broker_down(1).expect("broker_down");
+    let down_at = Instant::now();
+    let second = records(100, 200);
+    for batch in second.chunks(50) {
+        r.process_records(batch, Some(0));
+    }
+    while down_at.elapsed() < Duration::from_secs(4) {
+        thread::sleep(Duration::from_millis(300));
+        r.process_records(&[], Some(0));
+    }
+    let during = stored_between(&r, down_at, Instant::now());
+    let frontier_during_outage = r.lease_checkpoint();
+    kafka.cluster.broker_up(1).expect("broker_up");
+
+    drive_until_checkpointed(&mut r, &second[199].ext_seq(), RECOVERY);
+    r.shard_ended();
+    assert!(r.wait_exit(EXIT).success(), "{}", r.dump());
+
+    let all: Vec<TestRecord> = first.iter().chain(&second).cloned().collect();
+    let messages = kafka.read(all.len(), READ);
+    assert_delivered(&messages, SHARD, &all);
+    assert_no_duplicates(&messages);
+    assert_key_order(&messages);
+    // The first record of the outage that went to a partition led by broker 1.
+    let partition_of = |rec: &TestRecord| {
+        messages
+            .iter()
+            .find(|m| m.position() == Some(rec.ext_seq()))
+            .map(|m| m.partition)
+            .expect("delivered")
+    };
+    let stalled = second
+        .iter()
+        .position(|rec| [0, 3].contains(&partition_of(rec)))
+        .expect("some record goes to partition 0 or 3");
+    let before_stalled = if stalled == 0 {
+        first[99].ext_seq()
+    } else {
+        second[stalled - 1].ext_seq()
+    };
+    assert_not_past(&during, &before_stalled, &r);
+    // Records on healthy partitions were acknowledged, so the frontier moved up to it.
+    assert_eq!(
+        frontier_during_outage,
+        before_stalled,
+        "the acknowledged frontier during the outage\n{}",
+        r.dump()
+    );
+}
+
+#[test]
+fn transient_produce_errors_are_retried_without_loss_or_reordering() {
+    let kafka = Kafka::start(3, "produce-errors", 3);
+    let errors = [
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE,
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+    ];
+    kafka
+        .cluster
+        .request_errors(RDKafkaApiKey::Produce, &errors);
+    let mut r = start_initialized(&config_with(
+        &kafka.bootstrap(),
+        "produce-errors",
+        json!({"pipeline": {"wait_for_ack": true}}),
+    ));
+    r.timeout = Duration::from_secs(60);
+    let all = records(0, 300);
+    for batch in all.chunks(100) {
+        r.process_records(batch, Some(0));
+        assert_eq!(r.lease_checkpoint(), batch[batch.len() - 1].ext_seq());
+    }
+    r.shard_ended();
+    assert!(r.wait_exit(EXIT).success(), "{}", r.dump());
+    let messages = kafka.read(all.len(), READ);
+    assert_delivered(&messages, SHARD, &all);
+    assert_no_duplicates(&messages);
+    assert_key_order(&messages);
+}
+
+#[test]
+fn shard_end_waits_for_every_acknowledgement_before_checkpointing_shard_end() {
+    let kafka = Kafka::start(1, "end-waits", 2);
+    let mut r = start_initialized(&base_config(&kafka.bootstrap(), "end-waits"));
+    r.timeout = Duration::from_secs(60);
+    let first = records(0, 50);
+    r.process_records(&first, Some(0));
+    assert_delivered(&kafka.read(first.len(), READ), SHARD, &first);
+    kafka.cluster.broker_down(-1).expect("broker_down");
+    let second = records(50, 50);
+    r.process_records(&second, Some(0));
+    let result = thread::scope(|s| {
+        let end = s.spawn(|| r.try_shard_ended());
+        thread::sleep(Duration::from_secs(3));
+        let waited = !end.is_finished();
+        kafka.cluster.broker_up(-1).expect("broker_up");
+        let result = end.join().expect("shardEnded thread");
+        assert!(waited, "shardEnded was answered while Kafka was down");
+        result
+    });
+    r.ok(result);
+    assert!(r.wait_exit(EXIT).success(), "{}", r.dump());
+    assert_eq!(
+        r.last_checkpoint(),
+        Some(ExtSeq::shard_end()),
+        "{}",
+        r.dump()
+    );
+    let all: Vec<TestRecord> = first.into_iter().chain(second).collect();
+    assert_delivered(&kafka.read(all.len(), READ), SHARD, &all);
+}
+
+#[test]
+fn shutdown_requested_with_kafka_down_answers_within_the_flush_timeout_without_passing_unacked() {
+    let kafka = Kafka::start(1, "bounded-flush", 2);
+    let mut r = start_initialized(&config_with(
+        &kafka.bootstrap(),
+        "bounded-flush",
+        json!({"shutdown": {"flush_timeout_seconds": 2}}),
+    ));
+    let first = records(0, 50);
+    r.process_records(&first, Some(0));
+    assert_delivered(&kafka.read(first.len(), READ), SHARD, &first);
+    kafka.cluster.broker_down(-1).expect("broker_down");
+    r.process_records(&records(50, 50), Some(0));
+    let started = Instant::now();
+    r.shutdown_requested();
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "shutdownRequested took {:?} with flush_timeout_seconds=2",
+        started.elapsed()
+    );
+    assert_not_past(&r.checkpoints(), &first[49].ext_seq(), &r);
+    r.lease_lost();
+    let started = Instant::now();
+    assert_eq!(r.wait_exit(EXIT).code(), Some(0), "{}", r.dump());
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "exit after EOF took {:?} with flush_timeout_seconds=2",
+        started.elapsed()
+    );
+}
+
+/// A record bigger than the producer's message.max.bytes is refused by librdkafka itself.
+#[test]
+fn record_over_message_max_bytes_exits_1_naming_shard_and_sequence_after_checkpointing_before_it() {
+    let kafka = Kafka::start(1, "too-large", 2);
+    let mut r = start_initialized(&config_with(
+        &kafka.bootstrap(),
+        "too-large",
+        json!({
+            "pipeline": {"wait_for_ack": true},
+            "kafka": {"properties": {"message.max.bytes": "10000"}}
+        }),
+    ));
+    let first = records(0, 10);
+    r.process_records(&first, Some(0));
+    assert_eq!(r.lease_checkpoint(), first[9].ext_seq(), "{}", r.dump());
+
+    let mut second = records(10, 9);
+    second[5].data = Some(vec![b'x'; 20_000]);
+    let big = second[5].clone();
+    let result = r.try_process_records(&second, Some(0));
+    assert!(
+        matches!(result, Err(ActionError::Eof { .. })),
+        "no status for the failed batch: {result:?}\n{}",
+        r.dump()
+    );
+    let status = r.wait_exit(EXIT);
+    assert_eq!(status.code(), Some(1), "{}", r.dump());
+
+    let stderr = r.stderr();
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains(SHARD) && l.contains(&big.sequence_number)),
+        "one stderr line naming the shard and the sequence number\n{stderr}"
+    );
+    assert_not_past(&r.checkpoints(), &second[4].ext_seq(), &r);
+    assert_eq!(
+        r.lease_checkpoint(),
+        second[4].ext_seq(),
+        "the records before the failed one are checkpointed\n{}",
+        r.dump()
+    );
+    let all: Vec<TestRecord> = first.iter().chain(&second).cloned().collect();
+    let messages = kafka.read(0, Duration::from_secs(5));
+    assert_checkpoints_covered(&r.checkpoints(), &all, &messages);
+}
+
+/// The broker refuses a produce request with MSG_SIZE_TOO_LARGE: a permanent error.
+#[test]
+fn broker_msg_size_too_large_exits_1_and_never_checkpoints_the_failed_record() {
+    let kafka = Kafka::start(1, "broker-too-large", 1);
+    let mut r = start_initialized(&config_with(
+        &kafka.bootstrap(),
+        "broker-too-large",
+        json!({"pipeline": {"wait_for_ack": true}}),
+    ));
+    let first = records(0, 10);
+    r.process_records(&first, Some(0));
+    assert_eq!(r.lease_checkpoint(), first[9].ext_seq(), "{}", r.dump());
+
+    kafka.cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
+    );
+    let second = records(10, 10);
+    let result = r.try_process_records(&second, Some(0));
+    assert!(
+        matches!(result, Err(ActionError::Eof { .. })),
+        "no status for the failed batch: {result:?}\n{}",
+        r.dump()
+    );
+    assert_eq!(r.wait_exit(EXIT).code(), Some(1), "{}", r.dump());
+
+    let all: Vec<TestRecord> = first.iter().chain(&second).cloned().collect();
+    let messages = kafka.read(0, Duration::from_secs(5));
+    assert_checkpoints_covered(&r.checkpoints(), &all, &messages);
+    // The record named in the error line is not in Kafka and not checkpointed.
+    let stderr = r.stderr();
+    let named = second
+        .iter()
+        .find(|rec| {
+            stderr
+                .lines()
+                .any(|l| l.contains(SHARD) && l.contains(&rec.sequence_number))
+        })
+        .unwrap_or_else(|| {
+            panic!("a stderr line naming the shard and the failed record\n{stderr}")
+        });
+    assert!(messages
+        .iter()
+        .all(|m| m.position() != Some(named.ext_seq())));
+    assert_eq!(
+        r.lease_checkpoint().compare(&named.ext_seq()),
+        Ok(std::cmp::Ordering::Less)
+    );
+}
