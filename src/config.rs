@@ -517,12 +517,20 @@ fn is_secret_property(key: &str) -> bool {
 
 /// Replaces every `${NAME}`, `${NAME:-default}` (unset or empty → default) and
 /// `${NAME-default}` (unset → default) with the value from `lookup`, escaped for a JSON
-/// string. Missing variables are all reported at once, each with its line.
+/// string; `$${` stands for a literal `${`. Missing variables are all reported at once,
+/// each with its line.
 pub fn expand(template: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String> {
     let mut out = String::with_capacity(template.len());
     let mut missing = Vec::new();
     let mut rest = template;
     while let Some(start) = rest.find("${") {
+        if start > 0 && rest.as_bytes()[start - 1] == b'$' {
+            // `$${` is a literal `${` (a regex group reference in a topic template, say).
+            out.push_str(&rest[..start - 1]);
+            out.push_str("${");
+            rest = &rest[start + 2..];
+            continue;
+        }
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
         let line = template[..template.len() - rest.len() + start]

@@ -389,3 +389,255 @@ fn envelope(record: &KinesisRecord<'_>, payload: &[u8], json: Option<Value>) -> 
     }
     serde_json::to_vec(&Value::Object(object)).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transform::Pipeline;
+    use flate2::write::GzEncoder;
+    use std::io::Write;
+
+    fn config(processing: &str) -> Config {
+        Config::from_template(
+            &format!(
+                r#"{{"kafka":{{"bootstrap_servers":"b:1","topic":"main"}},"dead_letter":{{"topic":"dlq"}},"processing":{processing}}}"#
+            ),
+            |_| None,
+        )
+        .unwrap()
+    }
+
+    fn record<'a>(data: &'a [u8], key: &'a str) -> KinesisRecord<'a> {
+        KinesisRecord {
+            shard_id: "shardId-000000000003",
+            data: Some(data),
+            partition_key: Some(key),
+            sequence_number: Some("42"),
+            sub_sequence_number: 0,
+            approximate_arrival_timestamp: Some(1000),
+        }
+    }
+
+    fn run<'a>(
+        processing: &str,
+        record: &KinesisRecord<'a>,
+    ) -> Result<Vec<KafkaMessage<'a>>, TransformError> {
+        let stage = ConfiguredStage::from_config(&config(processing))
+            .unwrap()
+            .expect("a configured stage");
+        let mut pipeline = Pipeline::new(vec![Box::new(stage)]);
+        let mut messages = Vec::new();
+        pipeline.apply(record, &mut messages).map(|()| messages)
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut encoder = GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(data).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    fn text(bytes: &Option<Cow<'_, [u8]>>) -> String {
+        String::from_utf8(bytes.as_deref().unwrap_or_default().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn nothing_configured_means_no_stage() {
+        assert!(ConfiguredStage::from_config(&config("{}"))
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn topic_from_a_json_field_with_template_and_fallback() {
+        let p = r#"{"topic":{"from":"field","field":"meta.kind","template":"events-$0"}}"#;
+        let m = run(p, &record(br#"{"meta":{"kind":"order"}}"#, "k")).unwrap();
+        assert_eq!(m[0].topic.as_deref(), Some("events-order"));
+        let m = run(p, &record(br#"{"other":1}"#, "k")).unwrap();
+        assert_eq!(m[0].topic, None, "missing field: the default topic");
+        let m = run(p, &record(b"not json", "k")).unwrap();
+        assert_eq!(m[0].topic, None, "not JSON: the default topic");
+    }
+
+    #[test]
+    fn topic_from_the_partition_key_through_a_pattern() {
+        let p = r#"{"topic":{"from":"partition_key","pattern":"^(?P<team>[a-z]+)-","template":"team.$${team}"}}"#;
+        let m = run(p, &record(b"x", "billing-123")).unwrap();
+        assert_eq!(m[0].topic.as_deref(), Some("team.billing"));
+        let m = run(p, &record(b"x", "123")).unwrap();
+        assert_eq!(m[0].topic, None);
+        let p = r#"{"topic":{"from":"partition_key","pattern":"^([a-z]+)-"}}"#;
+        let m = run(p, &record(b"x", "billing-123")).unwrap();
+        assert_eq!(m[0].topic.as_deref(), Some("billing"));
+    }
+
+    #[test]
+    fn key_from_a_field_or_none() {
+        let m = run(
+            r#"{"key":{"from":"field","field":"/id"}}"#,
+            &record(br#"{"id":17}"#, "pk"),
+        )
+        .unwrap();
+        assert_eq!(text(&m[0].key), "17");
+        let m = run(
+            r#"{"key":{"from":"field","field":"id"}}"#,
+            &record(br#"{}"#, "pk"),
+        )
+        .unwrap();
+        assert_eq!(
+            text(&m[0].key),
+            "pk",
+            "missing field keeps the partition key"
+        );
+        let m = run(r#"{"key":{"from":"none"}}"#, &record(b"x", "pk")).unwrap();
+        assert_eq!(m[0].key, None);
+    }
+
+    #[test]
+    fn fixed_partition() {
+        let m = run(
+            r#"{"partition":{"by":"fixed","fixed":"2"}}"#,
+            &record(b"x", "pk"),
+        )
+        .unwrap();
+        assert_eq!(m[0].partition, Some(2));
+    }
+
+    #[test]
+    fn filters_keep_or_drop() {
+        let keep_orders = r#"{"filter":{"field":"type","equals":"order"}}"#;
+        assert_eq!(
+            run(keep_orders, &record(br#"{"type":"order"}"#, "k"))
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(run(keep_orders, &record(br#"{"type":"ping"}"#, "k"))
+            .unwrap()
+            .is_empty());
+        let drop_pings = r#"{"filter":{"field":"type","one_of":["ping","noop"],"action":"drop"}}"#;
+        assert!(run(drop_pings, &record(br#"{"type":"noop"}"#, "k"))
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            run(drop_pings, &record(br#"{"type":"order"}"#, "k"))
+                .unwrap()
+                .len(),
+            1
+        );
+        let has_user = r#"{"filter":{"field":"user.id","exists":true}}"#;
+        assert_eq!(
+            run(has_user, &record(br#"{"user":{"id":1}}"#, "k"))
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(run(has_user, &record(br#"{"user":{}}"#, "k"))
+            .unwrap()
+            .is_empty());
+        assert!(
+            run(has_user, &record(b"plain text", "k")).is_err(),
+            "a filter needs JSON"
+        );
+    }
+
+    #[test]
+    fn require_json_rejects_other_payloads() {
+        let p = r#"{"validation":{"require_json":true,"on_invalid":"skip"}}"#;
+        assert!(run(p, &record(br#"{"a":1}"#, "k")).is_ok());
+        let err = run(p, &record(b"{broken", "k")).unwrap_err();
+        assert!(err.0.contains("not JSON"), "{err}");
+    }
+
+    #[test]
+    fn gzip_on_request_or_detected() {
+        let zipped = gzip(b"hello");
+        let m = run(r#"{"decompress":"gzip"}"#, &record(&zipped, "k")).unwrap();
+        assert_eq!(text(&m[0].value), "hello");
+        let m = run(r#"{"decompress":"auto"}"#, &record(&zipped, "k")).unwrap();
+        assert_eq!(text(&m[0].value), "hello");
+        let m = run(r#"{"decompress":"auto"}"#, &record(b"plain", "k")).unwrap();
+        assert_eq!(text(&m[0].value), "plain");
+        assert!(run(r#"{"decompress":"gzip"}"#, &record(b"plain", "k")).is_err());
+    }
+
+    #[test]
+    fn cloudwatch_logs_become_one_message_per_event() {
+        let envelope = br#"{"messageType":"DATA_MESSAGE","owner":"123456789012","logGroup":"/aws/lambda/f","logStream":"2026/11/25/[$LATEST]abc","subscriptionFilters":["all"],"logEvents":[{"id":"e1","timestamp":1700000000001,"message":"first"},{"id":"e2","timestamp":1700000000002,"message":"{\"level\":\"info\"}"}]}"#;
+        let zipped = gzip(envelope);
+        let m = run(
+            r#"{"cloudwatch_logs":{"enabled":true}}"#,
+            &record(&zipped, "k"),
+        )
+        .unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!(text(&m[0].value), "first");
+        assert_eq!(text(&m[1].value), "{\"level\":\"info\"}");
+        assert_eq!(text(&m[0].key), "2026/11/25/[$LATEST]abc");
+        assert_eq!(m[1].timestamp, Some(1700000000002));
+        let header = |m: &KafkaMessage<'_>, name: &str| {
+            m.headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| String::from_utf8(v.to_vec()).unwrap())
+        };
+        assert_eq!(
+            header(&m[0], HEADER_LOG_GROUP).as_deref(),
+            Some("/aws/lambda/f")
+        );
+        assert_eq!(header(&m[1], HEADER_EVENT_ID).as_deref(), Some("e2"));
+        let m = run(
+            r#"{"cloudwatch_logs":{"enabled":true,"key":"event_id"}}"#,
+            &record(&zipped, "k"),
+        )
+        .unwrap();
+        assert_eq!(text(&m[1].key), "e2");
+        let control = gzip(br#"{"messageType":"CONTROL_MESSAGE","owner":"CloudwatchLogs","logGroup":"","logStream":"","subscriptionFilters":[],"logEvents":[{"id":"","timestamp":1,"message":"CWL CONTROL MESSAGE: Checking health of destination Kinesis stream."}]}"#);
+        assert!(run(
+            r#"{"cloudwatch_logs":{"enabled":true}}"#,
+            &record(&control, "k")
+        )
+        .unwrap()
+        .is_empty());
+        assert!(run(
+            r#"{"cloudwatch_logs":{"enabled":true}}"#,
+            &record(b"not logs", "k")
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn json_envelope_embeds_json_and_base64s_the_rest() {
+        let m = run(r#"{"envelope":"json"}"#, &record(br#"{"a":1}"#, "k")).unwrap();
+        let v: Value = serde_json::from_slice(m[0].value.as_deref().unwrap()).unwrap();
+        assert_eq!(v["data"]["a"], 1);
+        assert_eq!(v["shardId"], "shardId-000000000003");
+        assert_eq!(v["sequenceNumber"], "42");
+        assert_eq!(v["partitionKey"], "k");
+        assert_eq!(v["approximateArrivalTimestamp"], 1000);
+        let m = run(r#"{"envelope":"json"}"#, &record(&[0xff, 0x00], "k")).unwrap();
+        let v: Value = serde_json::from_slice(m[0].value.as_deref().unwrap()).unwrap();
+        assert_eq!(v["dataBase64"], "/wA=");
+    }
+
+    #[test]
+    fn settings_that_cannot_work_are_refused() {
+        let bad = [
+            r#"{"topic":{"from":"field"}}"#,
+            r#"{"topic":{"from":"partition_key","pattern":"("}}"#,
+            r#"{"partition":{"by":"fixed"}}"#,
+            r#"{"filter":{"field":"a","equals":1,"exists":true}}"#,
+            r#"{"topic":{"from":"sideways"}}"#,
+        ];
+        for p in bad {
+            let json = format!(
+                r#"{{"kafka":{{"bootstrap_servers":"b:1","topic":"main"}},"processing":{p}}}"#
+            );
+            assert!(Config::from_template(&json, |_| None).is_err(), "{p}");
+        }
+        let no_dlq = r#"{"kafka":{"bootstrap_servers":"b:1","topic":"main"},"processing":{"validation":{"on_invalid":"dead_letter"}}}"#;
+        let err = Config::from_template(no_dlq, |_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("KAFKA_DEAD_LETTER_TOPIC"), "{err}");
+    }
+}
