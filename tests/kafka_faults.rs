@@ -41,21 +41,6 @@ fn assert_not_past(checkpoints: &[ExtSeq], limit: &ExtSeq, r: &Running) {
     }
 }
 
-/// Send empty batches until the lease checkpoint reaches `target` (pipelined mode checkpoints
-/// the acknowledged frontier at the next processRecords).
-fn drive_until_checkpointed(r: &mut Running, target: &ExtSeq, within: Duration) {
-    let deadline = Instant::now() + within;
-    while r.lease_checkpoint() != *target {
-        assert!(
-            Instant::now() < deadline,
-            "checkpoint did not reach {target} within {within:?}\n{}",
-            r.dump()
-        );
-        thread::sleep(Duration::from_millis(250));
-        r.process_records(&[], Some(0));
-    }
-}
-
 #[test]
 fn all_brokers_down_in_the_middle_of_a_wait_for_ack_batch_withholds_the_status_until_delivered() {
     let kafka = Kafka::start(3, "down-mid-batch", 3);

@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod kafka;
 
 use std::ops::{Deref, DerefMut};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -50,4 +51,19 @@ pub fn start_initialized(config: &Value) -> Running {
     let mut running = start(config);
     running.initialize(SHARD, daemon::TRIM_HORIZON);
     running
+}
+
+/// Send empty batches every 250 ms until the lease checkpoint reaches `target` (the pipelined
+/// mode checkpoints the acknowledged frontier at a later processRecords). Fails after `within`.
+pub fn drive_until_checkpointed(r: &mut Running, target: &daemon::ExtSeq, within: Duration) {
+    let deadline = Instant::now() + within;
+    while r.lease_checkpoint() != *target {
+        assert!(
+            Instant::now() < deadline,
+            "checkpoint did not reach {target} within {within:?}\n{}",
+            r.dump()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+        r.process_records(&[], Some(0));
+    }
 }
