@@ -627,8 +627,20 @@ impl Config {
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<Config> {
         let json = expand(template, lookup)?;
-        let config: Config = serde_json::from_str(&json).map_err(|e| {
-            anyhow!("{e} (a typo in a setting name? see the README's configuration reference)")
+        let mut deserializer = serde_json::Deserializer::from_str(&json);
+        let config: Config = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let hint = if inner.to_string().starts_with("unknown field") {
+                " (a typo? the README's configuration reference lists every setting)"
+            } else {
+                ""
+            };
+            if path.is_empty() || path == "." {
+                anyhow!("{inner}{hint}")
+            } else {
+                anyhow!("{path}: {inner}{hint}")
+            }
         })?;
         config.validate()?;
         Ok(config)
