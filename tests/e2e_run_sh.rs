@@ -7,28 +7,26 @@
 //! each child through initialize, processRecords and shardEnded with the daemon's protocol
 //! rules, checking the SHARD_END checkpoint. No JVM, Kinesis or DynamoDB is involved.
 //!
-//! The broker runs with `--authentication` and the env file's SASL settings are used as they
-//! are, except `KAFKA_SASL_MECHANISM`: tansu 0.6.0 cannot do SCRAM with its in-memory
-//! storage (that engine stores no SCRAM credentials), so the test uses PLAIN, which tansu
-//! accepts with any password. `KAFKA_BOOTSTRAP_SERVERS` points at the test's broker.
+//! The env file is used verbatim, SASL included (SASL_PLAINTEXT, SCRAM-SHA-512, its user and
+//! password); only `KAFKA_BOOTSTRAP_SERVERS` points at the test's broker. tansu 0.6.0 cannot
+//! authenticate SCRAM itself (its in-memory storage keeps no SCRAM credentials and it is
+//! built without PLAIN), so it runs without authentication behind
+//! `tests/e2e/scram_proxy.py`, a SASL front that performs a real SCRAM-SHA-512 exchange
+//! (verifying the password) and then pipes the connection to tansu. tansu advertises the
+//! proxy's address, so every client, the replicator included, has to authenticate.
 //!
 //! tansu must be installed (`cargo install tansu --version 0.6.0 --features dynostore
 //! --locked`, or TANSU_BIN=/path/to/tansu); without it these tests fail, they never skip.
 
 use std::collections::HashMap;
 use std::fs;
-use std::future::Future;
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Arc;
-use std::task::{Context, Poll, Wake};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -74,7 +72,7 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(180);
 fn python_env_file_through_run_sh_lands_every_record_in_kafka_and_ends_shards() {
     let started = Instant::now();
     let scratch = Scratch::new("replicate");
-    let broker = Tansu::start(&scratch);
+    let broker = Broker::start(&scratch);
     let env = python_env(&broker);
     let topic = env_value(&env, "KAFKA_TOPIC");
     let partitions: i32 = env_value(&env, "NUMBER_OF_SHARDS").parse().unwrap();
@@ -132,6 +130,14 @@ fn python_env_file_through_run_sh_lands_every_record_in_kafka_and_ends_shards() 
     );
     check_kafka(&shards, &messages);
 
+    // The replicator authenticated with the env file's SCRAM-SHA-512 credentials.
+    let sasl = broker.sasl_log();
+    assert!(
+        sasl.contains("authenticated kafka-user with SCRAM-SHA-512"),
+        "{sasl}"
+    );
+    assert!(!sasl.contains("failed"), "a SASL exchange failed:\n{sasl}");
+
     // No secret anywhere: outputs, transcript (with the children's stderr), rendered files.
     assert_no_secrets("run.sh output", &run.all());
     assert_no_secrets(
@@ -188,25 +194,56 @@ fn missing_variables_stop_run_sh_before_java_with_a_clear_message() {
 }
 
 #[test]
-fn a_missing_topic_stops_run_sh_before_java() {
-    let scratch = Scratch::new("no-topic");
-    let broker = Tansu::start(&scratch);
-    let env = python_env(&broker); // the topic is never created
+fn bad_kafka_settings_stop_run_sh_before_java() {
+    let scratch = Scratch::new("bad-kafka");
+    let broker = Broker::start(&scratch);
+    let env = python_env(&broker);
+    let topic = env_value(&env, "KAFKA_TOPIC");
+
+    // The topic does not exist (tansu does not create topics on first use).
     let out = run_sh(&scratch, &env, &[]);
-    assert_eq!(out.status.code(), Some(1), "expected exit 1:\n{out}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "missing topic: expected exit 1:\n{out}"
+    );
     assert!(
-        out.all().contains("kinesis_kafka_replication_test"),
-        "{out}"
+        out.all().contains(&topic),
+        "the missing topic is not named:\n{out}"
     );
     assert!(out.stderr.contains("the daemon was not started"), "{out}");
     assert!(!scratch.transcript().exists(), "java was started:\n{out}");
     assert_no_secrets("run.sh output", &out.all());
+
+    // A wrong password: the SCRAM exchange fails, and so does run.sh.
+    broker.create_topic(&topic, 1);
+    let mut env = env;
+    set(&mut env, "KAFKA_SASL_PASSWORD", "not-the-password");
+    let out = run_sh(&scratch, &env, &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "wrong password: expected exit 1:\n{out}"
+    );
+    assert!(out.stderr.contains("the daemon was not started"), "{out}");
+    assert!(!scratch.transcript().exists(), "java was started:\n{out}");
+    assert!(
+        !out.all().contains("not-the-password"),
+        "the password was printed:\n{out}"
+    );
+    assert!(
+        broker
+            .sasl_log()
+            .contains("authentication failed for kafka-user"),
+        "{}",
+        broker.sasl_log()
+    );
 }
 
 #[test]
 fn without_jars_run_sh_fetches_with_maven_and_explains_a_failure() {
     let scratch = Scratch::new("no-jars");
-    let broker = Tansu::start(&scratch);
+    let broker = Broker::start(&scratch);
     let mut env = python_env(&broker);
     broker.create_topic(&env_value(&env, "KAFKA_TOPIC"), 1);
     let empty = scratch.path("empty-jars");
@@ -410,7 +447,7 @@ impl ReadMessage {
 /// Reads every partition from the beginning (tansu skips records when a fetch starts in the
 /// middle of a stored batch) until `expected` messages arrived and the partitions are drained.
 fn read_topic(
-    broker: &Tansu,
+    broker: &Broker,
     topic: &str,
     partitions: i32,
     expected: usize,
@@ -607,15 +644,14 @@ fn parse_env_file(text: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn python_env(broker: &Tansu) -> Vec<(String, String)> {
+fn python_env(broker: &Broker) -> Vec<(String, String)> {
     python_env_for(&broker.bootstrap())
 }
 
+/// The env file as it is, pointed at `bootstrap`.
 fn python_env_for(bootstrap: &str) -> Vec<(String, String)> {
     let mut env = parse_env_file(PYTHON_ENV_FILE);
     set(&mut env, "KAFKA_BOOTSTRAP_SERVERS", bootstrap);
-    // tansu 0.6.0 verifies no SCRAM credentials with in-memory storage; PLAIN is SASL too.
-    set(&mut env, "KAFKA_SASL_MECHANISM", "PLAIN");
     env
 }
 
@@ -817,7 +853,8 @@ fn python3() -> PathBuf {
 }
 
 // ------------------------------------------------------------------------------------------
-// tansu: a Kafka-protocol broker, in memory, on a free loopback port, killed on drop
+// The broker: tansu (in memory, on a free loopback port) behind the SCRAM proxy; both are
+// killed on drop, also when a test panics.
 // ------------------------------------------------------------------------------------------
 
 const INSTALL_TANSU: &str =
@@ -825,23 +862,27 @@ const INSTALL_TANSU: &str =
      Install it with: cargo install tansu --version 0.6.0 --features dynostore --locked\n\
      (about 10 minutes; .ci/run does this), or set TANSU_BIN=/path/to/tansu";
 
-struct Tansu {
-    child: Child,
-    port: u16,
-    log: PathBuf,
+struct Broker {
+    tansu: Child,
+    proxy: Child,
+    tansu_port: u16,
+    proxy_port: u16,
+    user: String,
+    password: String,
+    mechanism: String,
+    proxy_log: PathBuf,
+    tansu_log: PathBuf,
 }
 
 fn tansu_binary() -> PathBuf {
     if let Some(bin) = std::env::var_os("TANSU_BIN") {
         return PathBuf::from(bin);
     }
-    let on_path = std::env::var_os("PATH")
-        .map(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("tansu"))
-                .find(|p| p.is_file())
-        })
-        .unwrap_or_default();
+    let on_path = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join("tansu"))
+            .find(|p| p.is_file())
+    });
     let in_cargo_home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
@@ -852,85 +893,141 @@ fn tansu_binary() -> PathBuf {
         .unwrap_or_else(|| panic!("{INSTALL_TANSU}"))
 }
 
-impl Tansu {
-    fn start(scratch: &Scratch) -> Tansu {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let log = scratch.path("tansu.log");
-        let child = Command::new(tansu_binary())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args([
-                "--storage-engine",
-                "memory://tansu/",
-                "--authentication",
-                "--silent",
-            ])
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Broker {
+    /// Starts the SCRAM front with the env file's credentials, then tansu behind it.
+    fn start(scratch: &Scratch) -> Broker {
+        let tansu_bin = tansu_binary();
+        let tansu_port = free_port();
+        let env = parse_env_file(PYTHON_ENV_FILE);
+        let user = env_value(&env, "KAFKA_SASL_USERNAME");
+        let password = env_value(&env, "KAFKA_SASL_PASSWORD");
+        let mechanism = env_value(&env, "KAFKA_SASL_MECHANISM");
+
+        let proxy_log = scratch.path("scram-proxy.log");
+        let mut proxy = Command::new(python3())
+            .arg(repo().join("tests/e2e/scram_proxy.py"))
+            .args(["--upstream", &format!("127.0.0.1:{tansu_port}")])
+            .args(["--user", &user, "--mechanism", &mechanism])
+            .args(["--password-env", "E2E_SCRAM_PASSWORD"])
+            .env("E2E_SCRAM_PASSWORD", &password)
             .stdin(Stdio::null())
-            .stdout(fs::File::create(&log).unwrap())
-            .stderr(fs::File::create(scratch.path("tansu.err")).unwrap())
+            .stdout(Stdio::piped())
+            .stderr(fs::File::create(&proxy_log).unwrap())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start tansu ({e}).\n{INSTALL_TANSU}"));
-        let mut broker = Tansu { child, port, log };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = broker.child.try_wait().unwrap() {
+            .expect("start tests/e2e/scram_proxy.py");
+        let mut first_line = String::new();
+        let _ = BufReader::new(proxy.stdout.take().unwrap()).read_line(&mut first_line);
+        let Some(proxy_port) = first_line
+            .trim()
+            .strip_prefix("listening on ")
+            .and_then(|p| p.parse().ok())
+        else {
+            let _ = proxy.kill();
+            let _ = proxy.wait();
+            panic!(
+                "the SCRAM proxy did not start: {first_line:?}\n{}",
+                fs::read_to_string(&proxy_log).unwrap_or_default()
+            );
+        };
+
+        let listener = format!("tcp://127.0.0.1:{tansu_port}");
+        let advertised = format!("tcp://127.0.0.1:{proxy_port}");
+        let tansu_log = scratch.path("tansu.log");
+        let tansu = match Command::new(&tansu_bin)
+            .args(["broker", "--listener-url", &listener])
+            .args(["--advertised-listener-url", &advertised])
+            .args(["--storage-engine", "memory://tansu/", "--silent"])
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&tansu_log).unwrap())
+            .stderr(Stdio::from(
+                fs::File::options().append(true).open(&tansu_log).unwrap(),
+            ))
+            .spawn()
+        {
+            Ok(child) => child,
+            Err(e) => {
+                let _ = proxy.kill();
+                let _ = proxy.wait();
                 panic!(
-                    "tansu exited with {status}: {}",
-                    fs::read_to_string(scratch.path("tansu.err")).unwrap_or_default()
+                    "cannot start {} ({e}).\n{INSTALL_TANSU}",
+                    tansu_bin.display()
+                );
+            }
+        };
+        let mut broker = Broker {
+            tansu,
+            proxy,
+            tansu_port,
+            proxy_port,
+            user,
+            password,
+            mechanism,
+            proxy_log,
+            tansu_log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", tansu_port)).is_err() {
+            if let Some(status) = broker.tansu.try_wait().unwrap() {
+                panic!(
+                    "tansu exited with {status}:\n{}",
+                    fs::read_to_string(&broker.tansu_log).unwrap_or_default()
                 );
             }
             assert!(
                 Instant::now() < deadline,
-                "tansu did not listen on {port} within 20 s"
+                "tansu did not listen on {tansu_port} within 20 s"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
         broker
     }
 
+    /// What clients connect to: the SCRAM front.
     fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("127.0.0.1:{}", self.proxy_port)
     }
 
-    /// A client configured like the env file's SASL settings (PLAIN, see the module docs).
+    /// A client with the env file's SASL settings.
     fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", self.bootstrap())
             .set("security.protocol", "SASL_PLAINTEXT")
-            .set("sasl.mechanism", "PLAIN")
-            .set("sasl.username", "kafka-user")
-            .set("sasl.password", "kafka-password");
+            .set("sasl.mechanism", &self.mechanism)
+            .set("sasl.username", &self.user)
+            .set("sasl.password", &self.password);
         config
     }
 
-    /// tansu does not create topics on first use; with --authentication only a SASL client
-    /// (not `tansu topic create`) may create them.
+    /// tansu does not create topics on first use. Created on tansu itself, behind the proxy.
     fn create_topic(&self, name: &str, partitions: i32) {
-        let admin: AdminClient<DefaultClientContext> = self
-            .client_config()
-            .create()
-            .expect("create the admin client");
-        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        let results = block_on(admin.create_topics([&topic], &options)).expect("create topic");
-        for result in results {
-            result.unwrap_or_else(|(t, e)| panic!("creating topic {t} failed: {e}"));
-        }
+        let out = Command::new(tansu_binary())
+            .args([
+                "topic",
+                "create",
+                name,
+                "--partitions",
+                &partitions.to_string(),
+            ])
+            .args(["--broker", &format!("tcp://127.0.0.1:{}", self.tansu_port)])
+            .output()
+            .expect("run tansu topic create");
+        assert!(
+            out.status.success(),
+            "tansu topic create {name} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
-    /// The broker really requires SASL: a client without it is refused, so the replicator
-    /// reaching it proves that it authenticated with the env file's credentials.
+    /// A client without SASL is turned away at the advertised address.
     fn assert_requires_authentication(&self) {
         let out = Command::new(tansu_binary())
             .args([
@@ -940,46 +1037,33 @@ impl Tansu {
                 "--partitions",
                 "1",
             ])
-            .args(["--broker", &format!("tcp://127.0.0.1:{}", self.port)])
+            .args(["--broker", &format!("tcp://127.0.0.1:{}", self.proxy_port)])
             .output()
             .expect("run tansu topic create");
         assert!(
             !out.status.success(),
-            "tansu accepted a client without SASL"
+            "the broker accepted a client without SASL"
         );
+    }
+
+    /// The proxy's log: one line per SASL exchange, with the outcome.
+    fn sasl_log(&self) -> String {
+        fs::read_to_string(&self.proxy_log).unwrap_or_default()
     }
 }
 
-impl Drop for Tansu {
+impl Drop for Broker {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for child in [&mut self.tansu, &mut self.proxy] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         if std::thread::panicking() {
-            eprintln!("e2e: tansu log: {}", self.log.display());
+            eprintln!(
+                "e2e: tansu log {}, SCRAM proxy log {}",
+                self.tansu_log.display(),
+                self.proxy_log.display()
+            );
         }
-    }
-}
-
-/// Enough of an executor for one rdkafka admin future (its own thread completes it).
-fn block_on<F: Future>(future: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Arc::new(Unpark(std::thread::current())).into();
-    let mut cx = Context::from_waker(&waker);
-    let mut future = std::pin::pin!(future);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Poll::Ready(value) = future.as_mut().poll(&mut cx) {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the admin request did not complete in 30 s"
-        );
-        std::thread::park_timeout(Duration::from_millis(100));
     }
 }
