@@ -1,6 +1,13 @@
 //! Kafka misbehaving: brokers down, transient produce errors, permanent delivery failures.
 //! The guarantees under test: nothing lost, no checkpoint past an unacknowledged record,
 //! backpressure instead of drops, and a clear exit 1 when a record can never be delivered.
+//!
+//! Duplicates: the mock broker deduplicates retried batches only for *transactional*
+//! producers (`rd_kafka_mock_validate_records` returns early without a TransactionalId), so
+//! when a broker goes down after appending a batch but before answering, the idempotent
+//! producer's retry (same PID and BaseSequence, which a real broker would drop) is appended
+//! again. Tests that take brokers down therefore allow duplicates and check order by first
+//! occurrence; the injected-error test, where the mock never appends, checks for none.
 
 mod support;
 
@@ -93,7 +100,6 @@ fn all_brokers_down_in_the_middle_of_a_wait_for_ack_batch_withholds_the_status_u
     let all: Vec<TestRecord> = first.into_iter().chain(second).collect();
     let messages = kafka.read(all.len(), READ);
     assert_delivered(&messages, SHARD, &all);
-    assert_no_duplicates(&messages);
     assert_key_order(&messages);
 }
 
@@ -132,7 +138,6 @@ fn all_brokers_down_pipelined_checkpoints_stay_at_the_acknowledged_frontier_unti
     let all: Vec<TestRecord> = first.into_iter().chain(second).collect();
     let messages = kafka.read(all.len(), READ);
     assert_delivered(&messages, SHARD, &all);
-    assert_no_duplicates(&messages);
     assert_key_order(&messages);
     assert_checkpoints_covered(&r.checkpoints(), &all, &messages);
 }
@@ -170,7 +175,6 @@ fn leader_down_stalls_its_partitions_and_the_frontier_stops_just_before_their_fi
     let all: Vec<TestRecord> = first.iter().chain(&second).cloned().collect();
     let messages = kafka.read(all.len(), READ);
     assert_delivered(&messages, SHARD, &all);
-    assert_no_duplicates(&messages);
     assert_key_order(&messages);
     // The first record of the outage that went to a partition led by broker 1.
     let partition_of = |rec: &TestRecord| {

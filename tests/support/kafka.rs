@@ -86,24 +86,31 @@ impl ReadMessage {
 }
 
 /// Read `topic` from the beginning of every partition with a `BaseConsumer` (no group
-/// management), until at least `expected` messages were read and every partition was read up
-/// to its high watermark, or `timeout` passes. Sorted by (partition, offset).
+/// management), until at least `expected` messages were read and then every partition was read
+/// up to the high watermark it had at that moment, or `timeout` passes. Sorted by
+/// (partition, offset).
 pub fn read_topic(
     bootstrap: &str,
     topic: &str,
     expected: usize,
     timeout: Duration,
 ) -> Vec<ReadMessage> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("test-reader-{}", std::process::id()))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .create()
-        .expect("create the test consumer");
+    let client_config = || {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", bootstrap)
+            .set("group.id", format!("test-reader-{}", std::process::id()))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .set("fetch.wait.max.ms", "50");
+        c
+    };
+    let consumer: BaseConsumer = client_config().create().expect("create the test consumer");
+    // Watermark queries go through their own client: on the consuming one they queue behind
+    // the long-polling fetches and slow consumption to a crawl.
+    let watermarks: BaseConsumer = client_config().create().expect("create the test client");
     let deadline = Instant::now() + timeout;
     let partitions = loop {
-        let metadata = consumer
+        let metadata = watermarks
             .fetch_metadata(Some(topic), Duration::from_secs(5))
             .expect("fetch metadata");
         let count = metadata
@@ -128,39 +135,45 @@ pub fn read_topic(
 
     let mut out = Vec::new();
     let mut next_offset: HashMap<i32, i64> = HashMap::new();
-    loop {
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => {
-                next_offset.insert(m.partition(), m.offset() + 1);
-                let headers = m
-                    .headers()
-                    .map(|hs| {
-                        hs.iter()
-                            .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                out.push(ReadMessage {
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().map(<[u8]>::to_vec),
-                    value: m.payload().map(<[u8]>::to_vec),
-                    headers,
-                    timestamp: m.timestamp().to_millis(),
-                });
-            }
-            Some(Err(_)) | None => {}
-        }
-        if Instant::now() >= deadline {
-            break;
-        }
-        if out.len() >= expected {
-            let caught_up = (0..partitions).all(|p| {
-                match consumer.fetch_watermarks(topic, p, Duration::from_secs(5)) {
-                    Ok((_, high)) => next_offset.get(&p).copied().unwrap_or(0) >= high,
-                    Err(_) => false,
-                }
+    let mut highs: Option<Vec<i64>> = None;
+    while Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
+            next_offset.insert(m.partition(), m.offset() + 1);
+            let headers = m
+                .headers()
+                .map(|hs| {
+                    hs.iter()
+                        .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(ReadMessage {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(<[u8]>::to_vec),
+                value: m.payload().map(<[u8]>::to_vec),
+                headers,
+                timestamp: m.timestamp().to_millis(),
             });
+        }
+        if out.len() < expected {
+            continue;
+        }
+        if highs.is_none() {
+            highs = (0..partitions)
+                .map(|p| {
+                    watermarks
+                        .fetch_watermarks(topic, p, Duration::from_secs(5))
+                        .map(|(_, high)| high)
+                })
+                .collect::<Result<Vec<i64>, _>>()
+                .ok();
+        }
+        if let Some(highs) = &highs {
+            let caught_up = highs
+                .iter()
+                .enumerate()
+                .all(|(p, high)| next_offset.get(&(p as i32)).copied().unwrap_or(0) >= *high);
             if caught_up {
                 break;
             }
