@@ -227,6 +227,12 @@ impl Frontier {
         }
     }
 
+    /// Records and payload bytes in flight: the cheap check made after every record.
+    pub fn in_flight(&self) -> (usize, usize) {
+        let inner = self.lock();
+        (inner.slots.len(), inner.in_flight_bytes)
+    }
+
     pub fn frontier(&self) -> Option<Position> {
         self.lock().frontier.clone()
     }

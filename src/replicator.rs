@@ -34,13 +34,12 @@ struct Stats {
     millis_behind_latest: Option<i64>,
 }
 
-/// Which checkpoints the current moment allows.
+/// Whether a wait checkpoints the frontier as it moves (every `CHECKPOINT_FREQ_SECONDS`),
+/// as during `processRecords`, or only once at its end, as at shutdown and shard end.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum CheckpointMode {
-    /// Checkpoints wait for `CHECKPOINT_FREQ_SECONDS` to pass.
+enum Checkpoints {
     Periodic,
-    /// No checkpoint now (the daemon has no checkpointer here, or it is not wanted yet).
-    Never,
+    AtTheEnd,
 }
 
 pub struct Replicator {
@@ -123,11 +122,11 @@ impl Replicator {
         );
         for record in records {
             self.produce(record)?;
-            let state = self.frontier.state();
-            if state.in_flight_records >= window.0 || state.in_flight_bytes >= window.1 {
+            let (in_flight_records, in_flight_bytes) = self.frontier.in_flight();
+            if in_flight_records >= window.0 || in_flight_bytes >= window.1 {
                 self.wait_for(
                     channel,
-                    CheckpointMode::Periodic,
+                    Checkpoints::Periodic,
                     None,
                     "room in the in-flight window",
                     |s| s.in_flight_records < window.0 && s.in_flight_bytes < window.1,
@@ -135,9 +134,10 @@ impl Replicator {
             }
         }
         if self.config.pipeline.wait_for_ack {
+            // One checkpoint per batch, after it is all acknowledged: what this mode is for.
             self.wait_for(
                 channel,
-                CheckpointMode::Periodic,
+                Checkpoints::AtTheEnd,
                 None,
                 "the batch to be acknowledged",
                 |s| s.in_flight_records == 0,
@@ -233,13 +233,14 @@ impl Replicator {
         Ok(())
     }
 
-    /// Waits until `done` holds for the frontier, doing the periodic work meanwhile: resend
-    /// timed-out messages, checkpoint (if `mode` allows), log. Returns whether `done` holds
-    /// (false only when `limit` passed). A delivery failure ends the wait with a Fatal.
+    /// Waits until `done` holds for the frontier, doing the periodic work meanwhile: produce
+    /// what the delivery thread handed back, checkpoint (if `checkpoints` is periodic), log.
+    /// Returns whether `done` holds (false only when `limit` passed). A delivery failure
+    /// ends the wait with a Fatal. Every caller is inside an action with a checkpointer.
     fn wait_for<R: Read, W: Write>(
         &mut self,
         channel: &mut Channel<R, W>,
-        mode: CheckpointMode,
+        checkpoints: Checkpoints,
         limit: Option<Duration>,
         what: &str,
         mut done: impl FnMut(&FrontierState) -> bool,
@@ -250,11 +251,11 @@ impl Replicator {
             if self.frontier.wait_until(WAIT_SLICE, &mut done) {
                 return Ok(true);
             }
-            self.check_failure(channel, mode == CheckpointMode::Periodic)?;
+            self.check_failure(channel, true)?;
             if let Err(e) = self.sink.handle_returned() {
                 return Err(Fatal::Delivery(e.0));
             }
-            if mode == CheckpointMode::Periodic {
+            if checkpoints == Checkpoints::Periodic {
                 self.maybe_checkpoint(channel, false)?;
             }
             self.maybe_log_summary();
@@ -389,7 +390,7 @@ impl Replicator {
         info!("shutdown requested: flushing and checkpointing");
         let flushed = self.wait_for(
             channel,
-            CheckpointMode::Never,
+            Checkpoints::AtTheEnd,
             Some(self.config.flush_timeout()),
             "acknowledgements before the shutdown checkpoint",
             |s| s.in_flight_records == 0,
@@ -417,12 +418,12 @@ impl Replicator {
         // wait with a Fatal instead.
         self.wait_for(
             channel,
-            CheckpointMode::Never,
+            Checkpoints::AtTheEnd,
             None,
             "every record to be acknowledged before SHARD_END",
             |s| s.in_flight_records == 0,
         )?;
-        self.check_failure(channel, false)?;
+        self.check_failure(channel, true)?;
         if self.lease_gone {
             warn!("the lease is gone (ShutdownException earlier); not checkpointing SHARD_END");
         } else if self.checkpoint(channel, None, true)? {
