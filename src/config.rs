@@ -914,9 +914,13 @@ mod tests {
                 ("CHECKPOINT_FREQ_SECONDS", "30"),
                 ("CHECKPOINT_RETRIES", "7"),
                 ("SLEEP_SECONDS", "2"),
+                ("NUMBER_OF_SHARDS", "4"),
+                ("KAFKA_DEAD_LETTER_TOPIC", "t-dlq"),
             ]),
         )
         .unwrap();
+        assert_eq!(config.processing.number_of_shards, Some(4));
+        assert_eq!(config.dead_letter_topic(), Some("t-dlq"));
         assert_eq!(config.kafka.sasl_password, "p\"w\\d");
         assert_eq!(config.checkpoint.retries, 7);
         assert_eq!(config.checkpoint.sleep_seconds, 2.0);
@@ -941,6 +945,8 @@ mod tests {
         assert_eq!(config.checkpoint.freq_seconds, 30.0);
         assert_eq!(config.checkpoint.retries, 5);
         assert!(config.records.headers);
+        assert_eq!(config.processing.number_of_shards, None);
+        assert_eq!(config.dead_letter_topic(), None);
         let err = Config::from_template(TEMPLATE, env(&[]))
             .unwrap_err()
             .to_string();

@@ -904,8 +904,20 @@ fn free_port() -> u16 {
 impl Broker {
     /// Starts the SCRAM front with the env file's credentials, then tansu behind it.
     fn start(scratch: &Scratch) -> Broker {
+        // A port picked by binding to :0 can be taken by another test before tansu binds it;
+        // tansu then exits, and a fresh port is tried.
+        let mut last_error = String::new();
+        for _ in 0..3 {
+            match Broker::try_start(scratch, free_port()) {
+                Ok(broker) => return broker,
+                Err(e) => last_error = e,
+            }
+        }
+        panic!("tansu did not start:\n{last_error}");
+    }
+
+    fn try_start(scratch: &Scratch, tansu_port: u16) -> Result<Broker, String> {
         let tansu_bin = tansu_binary();
-        let tansu_port = free_port();
         let env = parse_env_file(PYTHON_ENV_FILE);
         let user = env_value(&env, "KAFKA_SASL_USERNAME");
         let password = env_value(&env, "KAFKA_SASL_PASSWORD");
@@ -976,10 +988,10 @@ impl Broker {
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(("127.0.0.1", tansu_port)).is_err() {
             if let Some(status) = broker.tansu.try_wait().unwrap() {
-                panic!(
+                return Err(format!(
                     "tansu exited with {status}:\n{}",
                     fs::read_to_string(&broker.tansu_log).unwrap_or_default()
-                );
+                ));
             }
             assert!(
                 Instant::now() < deadline,
@@ -987,7 +999,7 @@ impl Broker {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        broker
+        Ok(broker)
     }
 
     /// What clients connect to: the SCRAM front.
