@@ -20,8 +20,9 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends build-essential pkg-config perl libssl-dev zlib1g-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
-COPY src ./src
+# The whole crate (see .dockerignore): Cargo.toml declares targets (examples, tests) whose
+# files must exist for cargo to read the manifest at all.
+COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked \
@@ -47,7 +48,7 @@ WORKDIR /app
 COPY --from=build /kinesis-kafka-replicator /app/kinesis-kafka-replicator
 COPY --from=jars /jars/*.jar /app/jars/
 COPY jars/pom.xml /app/jars/pom.xml
-COPY config/kcl.properties.template config/logback.xml.template config/replicator.template /app/config/
+COPY config/ /app/config/
 COPY run.sh /app/run.sh
 # Fail the build, not the first start, if the binary cannot load its libraries.
 RUN chmod 0755 /app/run.sh /app/kinesis-kafka-replicator \
