@@ -710,3 +710,75 @@ fn silent_child_times_out_instead_of_hanging() {
     );
     // Drop kills it.
 }
+
+// ---------------------------------------------------------------------------------------------
+// An independent child: amazon_kclpy's sample application (opt-in)
+// ---------------------------------------------------------------------------------------------
+
+/// `KCLPY_DIR` = an unpacked amazon_kclpy sdist (e.g. `pip download amazon_kclpy==3.2.0
+/// --no-deps --no-binary :all:`; its setup.py cannot install here, it downloads jars). Without
+/// it the test passes without doing anything.
+fn kclpy_sample() -> Option<Daemon> {
+    let dir = std::env::var_os("KCLPY_DIR")?;
+    let dir = std::path::PathBuf::from(dir);
+    let mut command = Command::new("python3");
+    command
+        .arg(dir.join("samples/sample_kclpy_app.py"))
+        .env("PYTHONPATH", &dir);
+    Some(Daemon::spawn(command).with_timeout(Duration::from_secs(10)))
+}
+
+#[test]
+fn kclpy_sample_app_lives_to_shard_end_under_the_double() {
+    let Some(mut d) = kclpy_sample() else {
+        eprintln!("KCLPY_DIR not set: skipped");
+        return;
+    };
+    d.initialize("shardId-000000000003", TRIM_HORIZON);
+    // (kclpy itself cannot take a null approximateArrivalTimestamp: int(None).)
+    let batch = records(0, 5);
+    d.process_records(&batch, None);
+    // The sample checkpoints its largest record on the first batch.
+    assert_eq!(d.lease_checkpoint(), batch[4].ext_seq(), "{}", d.dump());
+    d.process_records(&records(5, 3), Some(7));
+    d.process_records(&[], Some(0));
+    d.shard_ended();
+    assert!(
+        d.wait_exit(Duration::from_secs(10)).success(),
+        "{}",
+        d.dump()
+    );
+    assert_eq!(
+        d.last_checkpoint(),
+        Some(ExtSeq::shard_end()),
+        "{}",
+        d.dump()
+    );
+    // kclpy frames each line as "\n" + json + "\n": the empty lines are skipped, nothing else.
+    assert!(
+        d.skipped_lines().iter().all(|(line, _)| line.is_empty()),
+        "{}",
+        d.dump()
+    );
+}
+
+#[test]
+fn kclpy_sample_app_shutdown_requested_then_lease_lost_under_the_double() {
+    let Some(mut d) = kclpy_sample() else {
+        eprintln!("KCLPY_DIR not set: skipped");
+        return;
+    };
+    d.initialize("shardId-000000000003", &seq_number(1));
+    let batch = records(2, 4);
+    d.inject_checkpoint_errors(&[SHUTDOWN]);
+    d.process_records(&batch, Some(0));
+    assert!(d.checkpoints().is_empty());
+    d.shutdown_requested();
+    assert_eq!(d.lease_checkpoint(), batch[3].ext_seq(), "{}", d.dump());
+    d.lease_lost();
+    assert!(
+        d.wait_exit(Duration::from_secs(10)).success(),
+        "{}",
+        d.dump()
+    );
+}
