@@ -97,13 +97,9 @@ need KAFKA_BOOTSTRAP_SERVERS "the Kafka brokers to connect to, host:port[,host:p
 need KAFKA_TOPIC "the Kafka topic to write the records to (it must already exist)"
 security_protocol=$(upper "${KAFKA_SECURITY_PROTOCOL:-PLAINTEXT}")
 if [[ $security_protocol == SASL_* ]]; then
-    need KAFKA_SASL_MECHANISM "the SASL mechanism, because KAFKA_SECURITY_PROTOCOL=$security_protocol: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER"
-    case $(upper "${KAFKA_SASL_MECHANISM:-}") in
-        PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512)
-            need KAFKA_SASL_USERNAME "the SASL user name (KAFKA_SASL_MECHANISM=${KAFKA_SASL_MECHANISM})"
-            need KAFKA_SASL_PASSWORD "the SASL password (KAFKA_SASL_MECHANISM=${KAFKA_SASL_MECHANISM})"
-            ;;
-    esac
+    need KAFKA_SASL_MECHANISM "the SASL mechanism, because KAFKA_SECURITY_PROTOCOL=$security_protocol: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"
+    need KAFKA_SASL_USERNAME "the SASL user name, because KAFKA_SECURITY_PROTOCOL=$security_protocol"
+    need KAFKA_SASL_PASSWORD "the SASL password, because KAFKA_SECURITY_PROTOCOL=$security_protocol"
 fi
 if ((${#missing[@]})); then
     die "$EXIT_CONFIG" "cannot start: ${#missing[@]} required setting(s) missing or empty:" \
