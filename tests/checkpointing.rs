@@ -277,3 +277,25 @@ fn pipelined_checkpoints_move_forward_only_and_are_always_in_range() {
     assert_delivered(&messages, SHARD, &all);
     assert_checkpoints_covered(&stored, &all, &messages);
 }
+
+#[test]
+fn non_retryable_checkpoint_errors_are_not_retried_and_processing_goes_on() {
+    let kafka = Kafka::start(1, "non-retryable", 1);
+    let mut r = deterministic(&kafka, "non-retryable", json!({}));
+    for (i, error) in [ILLEGAL_ARGUMENT, INVALID_STATE].into_iter().enumerate() {
+        let before = r.checkpoint_attempts().len();
+        r.inject_checkpoint_errors(&[error]);
+        r.process_records(&records(i as u64 * 10, 10), Some(0));
+        assert_eq!(
+            errors(&attempts_after(&r, before)),
+            vec![Some(error.to_string())],
+            "{error}: one attempt, not retried\n{}",
+            r.dump()
+        );
+    }
+    let last = records(20, 10);
+    r.process_records(&last, Some(0));
+    assert_eq!(r.lease_checkpoint(), last[9].ext_seq(), "{}", r.dump());
+    r.shard_ended();
+    assert!(r.wait_exit(EXIT).success(), "{}", r.dump());
+}

@@ -395,3 +395,160 @@ fn broker_msg_size_too_large_exits_1_and_never_checkpoints_the_failed_record() {
         Ok(std::cmp::Ordering::Less)
     );
 }
+
+/// The mock auto-creates topics, so the topic is made to answer UNKNOWN_TOPIC_OR_PART.
+/// librdkafka fails such messages after topic.metadata.propagation.max.ms (30 s by default;
+/// 1 s here to keep the test short).
+#[test]
+fn unknown_topic_is_a_permanent_failure_exit_1_naming_shard_and_sequence() {
+    let kafka = Kafka::start(1, "present", 1);
+    kafka
+        .cluster
+        .topic_error(
+            "missing-topic",
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART,
+        )
+        .expect("topic_error");
+    let mut r = start_initialized(&config_with(
+        &kafka.bootstrap(),
+        "missing-topic",
+        json!({"kafka": {"properties": {"topic.metadata.propagation.max.ms": "1000"}}}),
+    ));
+    let batch = records(0, 3);
+    // Pipelined: the status may come before the failure is known; the failure must surface
+    // by the next action at the latest.
+    let first = r.try_process_records(&batch, Some(0));
+    let result = match first {
+        Ok(()) => {
+            std::thread::sleep(Duration::from_secs(2));
+            r.try_process_records(&[], Some(0))
+        }
+        failed => failed,
+    };
+    assert!(
+        matches!(result, Err(ActionError::Eof { .. })),
+        "{result:?}\n{}",
+        r.dump()
+    );
+    assert_eq!(r.wait_exit(EXIT).code(), Some(1), "{}", r.dump());
+    assert!(r.checkpoints().is_empty(), "{}", r.dump());
+    let stderr = r.stderr();
+    assert!(
+        stderr.lines().any(|l| l.contains(SHARD)
+            && l.contains(&batch[0].sequence_number)
+            && l.contains("missing-topic")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn full_in_flight_window_withholds_the_status_instead_of_dropping_records() {
+    let kafka = Kafka::start(1, "window", 2);
+    let mut r = start_initialized(&config_with(
+        &kafka.bootstrap(),
+        "window",
+        json!({"pipeline": {"max_in_flight_records": 50}}),
+    ));
+    r.timeout = Duration::from_secs(60);
+    let first = records(0, 20);
+    r.process_records(&first, Some(0));
+    drive_until_checkpointed(&mut r, &first[19].ext_seq(), Duration::from_secs(10));
+    kafka.cluster.broker_down(-1).expect("broker_down");
+    let second = records(20, 200);
+    let result = thread::scope(|s| {
+        let batch = s.spawn(|| r.try_process_records(&second, Some(0)));
+        thread::sleep(Duration::from_secs(3));
+        let withheld = !batch.is_finished();
+        kafka.cluster.broker_up(-1).expect("broker_up");
+        let result = batch.join().expect("batch thread");
+        assert!(
+            withheld,
+            "a batch 4x the in-flight window was answered while Kafka was down"
+        );
+        result
+    });
+    r.ok(result);
+    drive_until_checkpointed(&mut r, &second[199].ext_seq(), RECOVERY);
+    r.shard_ended();
+    assert!(r.wait_exit(EXIT).success(), "{}", r.dump());
+    let all: Vec<TestRecord> = first.into_iter().chain(second).collect();
+    let messages = kafka.read(all.len(), READ);
+    assert_delivered(&messages, SHARD, &all);
+    assert_key_order(&messages);
+    assert_checkpoints_covered(&r.checkpoints(), &all, &messages);
+}
+
+#[test]
+fn records_unacknowledged_at_lease_loss_are_replayed_by_the_next_owner_without_loss() {
+    let kafka = Kafka::start(1, "handover", 2);
+    let config = config_with(
+        &kafka.bootstrap(),
+        "handover",
+        json!({"shutdown": {"flush_timeout_seconds": 1}}),
+    );
+    let all = records(0, 300);
+
+    // The first owner: Kafka goes away after the first 100 records.
+    let mut a = start_initialized(&config);
+    a.process_records(&all[..100], Some(0));
+    assert_delivered(&kafka.read(100, READ), SHARD, &all[..100]);
+    drive_until_checkpointed(&mut a, &all[99].ext_seq(), Duration::from_secs(10));
+    kafka.cluster.broker_down(-1).expect("broker_down");
+    a.process_records(&all[100..], Some(0));
+    a.shutdown_requested();
+    a.lease_lost();
+    assert_eq!(a.wait_exit(EXIT).code(), Some(0), "{}", a.dump());
+    let handed_over = a.lease_checkpoint();
+    assert_eq!(handed_over, all[99].ext_seq(), "{}", a.dump());
+
+    // The next owner starts at the lease checkpoint; the daemon delivers what follows it.
+    kafka.cluster.broker_up(-1).expect("broker_up");
+    let mut b = start(&config);
+    b.timeout = Duration::from_secs(60);
+    let init = b.try_initialize(SHARD, Some(&handed_over.seq), Some(handed_over.sub));
+    b.ok(init);
+    b.process_records(&all, Some(0));
+    b.shard_ended();
+    assert!(
+        b.wait_exit(Duration::from_secs(60)).success(),
+        "{}",
+        b.dump()
+    );
+    assert_eq!(b.last_checkpoint(), Some(ExtSeq::shard_end()));
+    let messages = kafka.read(all.len(), READ);
+    assert_delivered(&messages, SHARD, &all);
+    assert_key_order(&messages);
+}
+
+#[test]
+fn a_killed_child_loses_nothing_once_the_next_one_starts_from_the_lease_checkpoint() {
+    let kafka = Kafka::start(3, "crash", 3);
+    kafka
+        .cluster
+        .broker_round_trip_time(-1, Duration::from_millis(20))
+        .expect("rtt");
+    let config = base_config(&kafka.bootstrap(), "crash");
+    let all = records(0, 1000);
+
+    let mut a = start_initialized(&config);
+    for batch in all[..600].chunks(100) {
+        a.process_records(batch, Some(0));
+    }
+    a.kill();
+    let checkpoints = a.checkpoints();
+    let resume = a.lease_checkpoint();
+    // What the first child checkpointed is in Kafka (checked once everything is read below).
+
+    let mut b = start(&config);
+    let init = b.try_initialize(SHARD, Some(&resume.seq), Some(resume.sub));
+    b.ok(init);
+    for batch in all.chunks(100) {
+        b.process_records(batch, Some(0));
+    }
+    b.shard_ended();
+    assert!(b.wait_exit(EXIT).success(), "{}", b.dump());
+    let messages = kafka.read(all.len(), READ);
+    assert_delivered(&messages, SHARD, &all);
+    assert_key_order(&messages);
+    assert_checkpoints_covered(&checkpoints, &all, &messages);
+}
