@@ -58,9 +58,17 @@ pub struct KafkaConfig {
     pub sasl_password: String,
     #[serde(default)]
     pub ssl_ca_location: String,
+    /// librdkafka's partitioner for keyed messages. `murmur2_random` places a key where a
+    /// Java producer would; `consistent_random` (CRC32) where the Python replicator did.
+    #[serde(default = "default_partitioner")]
+    pub partitioner: String,
     /// Raw librdkafka properties, applied last: they override everything above.
     #[serde(default, deserialize_with = "string_map")]
     pub properties: BTreeMap<String, String>,
+}
+
+fn default_partitioner() -> String {
+    "murmur2_random".into()
 }
 
 fn default_client_id() -> String {
@@ -754,6 +762,15 @@ impl Config {
         }
     }
 
+    fn partitioner(&self) -> String {
+        let p = self.kafka.partitioner.trim();
+        if p.is_empty() {
+            default_partitioner()
+        } else {
+            p.to_owned()
+        }
+    }
+
     fn sasl_mechanism(&self) -> String {
         self.kafka.sasl_mechanism.trim().to_ascii_uppercase()
     }
@@ -772,9 +789,9 @@ impl Config {
             ("client.id".into(), k.client_id.clone()),
             ("acks".into(), "all".into()),
             ("enable.idempotence".into(), "true".into()),
-            // The Java client's default for keyed messages: the same key lands in the same
-            // partition as it would from a Java producer.
-            ("partitioner".into(), "murmur2_random".into()),
+            // By default the Java client's hashing: a key lands in the same partition as it
+            // would from a Java producer.
+            ("partitioner".into(), self.partitioner()),
             // 0 = never give up on a message: a broker outage of any length is ridden out
             // with backpressure instead of failing records after librdkafka's 300 s default.
             ("message.timeout.ms".into(), "0".into()),

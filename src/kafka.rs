@@ -59,18 +59,7 @@ pub struct DeliveryContext {
 
 impl ClientContext for DeliveryContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        // librdkafka's own lines go through `log`, so they reach stderr with the shard tag.
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => error!(target: "librdkafka", "{fac}: {log_message}"),
-            RDKafkaLogLevel::Warning => warn!(target: "librdkafka", "{fac}: {log_message}"),
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                info!(target: "librdkafka", "{fac}: {log_message}")
-            }
-            RDKafkaLogLevel::Debug => debug!(target: "librdkafka", "{fac}: {log_message}"),
-        }
+        log_librdkafka(level, fac, log_message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -132,6 +121,21 @@ impl ProducerContext for DeliveryContext {
             list.push(returned);
         }
         self.frontier.wake();
+    }
+}
+
+/// librdkafka's own lines go through `log`, so they reach stderr with the shard tag.
+fn log_librdkafka(level: RDKafkaLogLevel, fac: &str, message: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error => error!(target: "librdkafka", "{fac}: {message}"),
+        RDKafkaLogLevel::Warning => warn!(target: "librdkafka", "{fac}: {message}"),
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            info!(target: "librdkafka", "{fac}: {message}")
+        }
+        RDKafkaLogLevel::Debug => debug!(target: "librdkafka", "{fac}: {message}"),
     }
 }
 
@@ -600,13 +604,35 @@ pub struct TopicCheck {
 /// metadata request for one topic can auto-create it on some brokers, so all topics are
 /// listed instead).
 pub fn check_topic(config: &Config, topic: &str, timeout: Duration) -> Result<TopicCheck> {
-    let producer: BaseProducer = client_config(config)
-        .create()
+    let producer: BaseProducer<CheckContext> = client_config(config)
+        .create_with_context(CheckContext::default())
         .context("cannot create a Kafka client; check kafka.properties")?;
     let servers = &config.kafka.bootstrap_servers;
-    let metadata = producer.client().fetch_metadata(None, timeout).map_err(|e| {
+    // In short attempts, polling in between: librdkafka's error events (a refused
+    // password, say) only reach the context when the client is polled.
+    let deadline = Instant::now() + timeout;
+    let metadata = loop {
+        let attempt = producer
+            .client()
+            .fetch_metadata(None, Duration::from_secs(1).min(timeout));
+        producer.poll(Duration::ZERO);
+        match attempt {
+            Err(_) if Instant::now() < deadline => continue,
+            other => break other,
+        }
+    };
+    let metadata = metadata.map_err(|e| {
+        // librdkafka's own error says more than the timeout.
+        let cause = producer
+            .context()
+            .last_error
+            .lock()
+            .ok()
+            .and_then(|last| last.clone())
+            .map(|last| format!("; librdkafka: {last}"))
+            .unwrap_or_default();
         anyhow!(
-            "cannot reach Kafka at {servers} within {} s ({e}); check KAFKA_BOOTSTRAP_SERVERS, the network and the security settings",
+            "cannot reach Kafka at {servers} within {} s ({e}{cause}); check KAFKA_BOOTSTRAP_SERVERS, the network and the security settings",
             timeout.as_secs()
         )
     })?;
@@ -624,6 +650,31 @@ pub fn check_topic(config: &Config, topic: &str, timeout: Duration) -> Result<To
             "topic {topic} does not exist on {servers}; create it (the replicator never creates topics) or fix the setting that names it"
         )),
     }
+}
+
+/// Keeps the client's last error, so that a failed check can say why.
+#[derive(Default)]
+struct CheckContext {
+    last_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for CheckContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        log_librdkafka(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        debug!(target: "librdkafka", "{error}: {reason}");
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some(reason.to_owned());
+        }
+    }
+}
+
+impl ProducerContext for CheckContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, _: &DeliveryResult<'_>, _: ()) {}
 }
 
 #[cfg(test)]

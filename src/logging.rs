@@ -52,7 +52,7 @@ fn parse_level(level: &str) -> log::LevelFilter {
         "TRACE" | "ALL" => log::LevelFilter::Trace,
         "DEBUG" => log::LevelFilter::Debug,
         "WARN" | "WARNING" => log::LevelFilter::Warn,
-        "ERROR" | "FATAL" => log::LevelFilter::Error,
+        "ERROR" | "FATAL" | "CRITICAL" => log::LevelFilter::Error,
         "OFF" => log::LevelFilter::Off,
         _ => log::LevelFilter::Info,
     }

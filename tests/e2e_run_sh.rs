@@ -226,6 +226,11 @@ fn bad_kafka_settings_stop_run_sh_before_java() {
         "wrong password: expected exit 1:\n{out}"
     );
     assert!(out.stderr.contains("the daemon was not started"), "{out}");
+    // The processor passes on librdkafka's reason, not only a transport failure.
+    assert!(
+        out.stderr.to_lowercase().contains("authentication"),
+        "the reason (authentication) is not named:\n{out}"
+    );
     assert!(!scratch.transcript().exists(), "java was started:\n{out}");
     assert!(
         !out.all().contains("not-the-password"),
