@@ -947,6 +947,19 @@ mod tests {
         assert_eq!(get("security.protocol"), Some("sasl_plaintext"));
         assert_eq!(get("client.id"), Some("replicator-client"));
         assert_eq!(get("acks"), Some("all"));
+        assert_eq!(get("partitioner"), Some("murmur2_random"));
+        let python_placement = Config::from_template(
+            TEMPLATE,
+            env(&[
+                ("KAFKA_BOOTSTRAP_SERVERS", "b:9092"),
+                ("KAFKA_TOPIC", "t"),
+                ("KAFKA_PARTITIONER", "consistent_random"),
+            ]),
+        )
+        .unwrap();
+        assert!(python_placement
+            .producer_properties()
+            .contains(&("partitioner".into(), "consistent_random".into())));
         let shown = config.redacted().to_string();
         assert!(!shown.contains("p\\\"w"), "{shown}");
         assert!(shown.contains(REDACTED));
