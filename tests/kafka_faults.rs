@@ -552,3 +552,40 @@ fn a_killed_child_loses_nothing_once_the_next_one_starts_from_the_lease_checkpoi
     assert_key_order(&messages);
     assert_checkpoints_covered(&checkpoints, &all, &messages);
 }
+
+/// The failure surfaces while the daemon waits on shardEnded: SHARD_END would pass the failed
+/// record, so it must not be checkpointed.
+#[test]
+fn shard_end_never_checkpoints_shard_end_past_a_record_that_failed_permanently() {
+    let kafka = Kafka::start(1, "end-after-failure", 1);
+    kafka
+        .cluster
+        .broker_round_trip_time(-1, Duration::from_millis(200))
+        .expect("rtt");
+    let mut r = start_initialized(&base_config(&kafka.bootstrap(), "end-after-failure"));
+    let first = records(0, 10);
+    r.process_records(&first, Some(0));
+    drive_until_checkpointed(&mut r, &first[9].ext_seq(), Duration::from_secs(10));
+
+    kafka.cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
+    );
+    let second = records(10, 10);
+    r.process_records(&second, Some(0));
+    let result = r.try_shard_ended();
+    assert!(
+        matches!(result, Err(ActionError::Eof { .. })),
+        "no status for shardEnded: {result:?}\n{}",
+        r.dump()
+    );
+    assert_eq!(r.wait_exit(EXIT).code(), Some(1), "{}", r.dump());
+    assert!(
+        !r.checkpoints().iter().any(ExtSeq::is_shard_end),
+        "SHARD_END checkpointed over a failed record\n{}",
+        r.dump()
+    );
+    let all: Vec<TestRecord> = first.iter().chain(&second).cloned().collect();
+    let messages = kafka.read(0, Duration::from_secs(5));
+    assert_checkpoints_covered(&r.checkpoints(), &all, &messages);
+}

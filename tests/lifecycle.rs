@@ -386,3 +386,33 @@ fn headers_can_be_turned_off() {
     assert_delivered_by_value(&messages, &all);
     assert!(messages.iter().all(|m| m.headers.is_empty()));
 }
+
+#[test]
+fn a_fourteen_megabyte_process_records_line_is_read_whole() {
+    let kafka = Kafka::start(1, "huge-line", 4);
+    let mut r = start(&config_with(
+        &kafka.bootstrap(),
+        "huge-line",
+        json!({"pipeline": {"wait_for_ack": true}}),
+    ));
+    r.timeout = Duration::from_secs(120);
+    r.initialize(SHARD, TRIM_HORIZON);
+    let mut all = records(0, 10_000);
+    for (i, record) in all.iter_mut().enumerate() {
+        let mut data = vec![b'a' + (i % 26) as u8; 1024];
+        data[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        record.data = Some(data);
+    }
+    let line_len = process_records_line(&all, Some(0)).len();
+    assert!(line_len > 13_000_000, "{line_len}");
+    r.process_records(&all, Some(0));
+    assert_eq!(r.lease_checkpoint(), all[9_999].ext_seq(), "{}", r.dump());
+    r.shard_ended();
+    assert!(
+        r.wait_exit(Duration::from_secs(60)).success(),
+        "{}",
+        r.dump()
+    );
+    let messages = kafka.read(all.len(), Duration::from_secs(60));
+    assert_delivered(&messages, SHARD, &all);
+}

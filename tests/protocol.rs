@@ -246,3 +246,23 @@ fn exit_on_eof_after_shutdown_requested_and_lease_lost_is_prompt() {
         started.elapsed()
     );
 }
+
+/// KCL 3.x sends shutdownRequested during normal operation (graceful lease handoff): it means
+/// "checkpoint now", not "exit".
+#[test]
+fn shutdown_requested_means_checkpoint_now_and_processing_can_go_on() {
+    let kafka = Kafka::start(1, "handoff", 1);
+    let mut r = start_initialized(&base_config(&kafka.bootstrap(), "handoff"));
+    let first = records(0, 20);
+    r.process_records(&first, Some(0));
+    r.shutdown_requested();
+    assert_eq!(r.lease_checkpoint(), first[19].ext_seq(), "{}", r.dump());
+    assert!(r.is_running());
+    let second = records(20, 20);
+    r.process_records(&second, Some(0));
+    r.shutdown_requested();
+    assert_eq!(r.lease_checkpoint(), second[19].ext_seq(), "{}", r.dump());
+    r.shard_ended();
+    assert!(r.wait_exit(EXIT).success(), "{}", r.dump());
+    assert_eq!(r.last_checkpoint(), Some(ExtSeq::shard_end()));
+}
