@@ -510,11 +510,21 @@ fn child(mode: &str) -> Daemon {
     Daemon::spawn(command).with_timeout(Duration::from_secs(10))
 }
 
-fn stderr_lines(d: &Daemon, prefix: &str) -> Vec<String> {
-    d.stderr()
-        .lines()
-        .filter_map(|l| l.strip_prefix(prefix).map(str::to_string))
-        .collect()
+/// The child's stderr lines starting with `prefix`, once there are at least `n` of them
+/// (stderr is read by its own thread and may lag behind stdout); at most 5 s.
+fn stderr_lines(d: &Daemon, prefix: &str, n: usize) -> Vec<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let lines: Vec<String> = d
+            .stderr()
+            .lines()
+            .filter_map(|l| l.strip_prefix(prefix).map(str::to_string))
+            .collect();
+        if lines.len() >= n || std::time::Instant::now() > deadline {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 #[test]
@@ -537,11 +547,11 @@ fn scripted_child_full_life_to_shard_end() {
             ExtSeq::shard_end()
         ]
     );
-    let got = stderr_lines(&d, "GOT ");
+    let got = stderr_lines(&d, "GOT ", 4);
     assert_eq!(got[0], initialize_line(shard, Some(TRIM_HORIZON), Some(0)));
     assert_eq!(got[1], process_records_line(&batch1, Some(10)));
     assert_eq!(got[3], r#"{"action":"shardEnded"}"#);
-    let replies = stderr_lines(&d, "REPLY ");
+    let replies = stderr_lines(&d, "REPLY ", 1);
     assert_eq!(
         replies[0],
         checkpoint_reply_line(Some(&batch1[2].sequence_number), Some(0), None)
@@ -554,7 +564,7 @@ fn scripted_child_checkpoint_at_initialize_gets_invalid_state() {
     let mut d = child("checkpoint_at_initialize");
     d.initialize("shardId-000000000001", TRIM_HORIZON);
     assert_eq!(
-        stderr_lines(&d, "REPLY "),
+        stderr_lines(&d, "REPLY ", 1),
         vec![checkpoint_reply_line(None, None, Some(INVALID_STATE))]
     );
     assert!(d.checkpoints().is_empty());
@@ -568,7 +578,7 @@ fn scripted_child_checkpoint_past_delivered_gets_illegal_argument() {
     d.initialize("shardId-000000000001", TRIM_HORIZON);
     let batch = records(0, 2);
     d.process_records(&batch, Some(0));
-    let replies = stderr_lines(&d, "REPLY ");
+    let replies = stderr_lines(&d, "REPLY ", 1);
     assert_eq!(
         replies[0],
         checkpoint_reply_line(Some(&"9".repeat(60)), Some(0), Some(ILLEGAL_ARGUMENT))
@@ -642,7 +652,7 @@ fn scripted_child_injected_errors_are_replied() {
     let batch = records(0, 2);
     d.process_records(&batch, Some(0));
     assert_eq!(
-        stderr_lines(&d, "REPLY "),
+        stderr_lines(&d, "REPLY ", 1),
         vec![checkpoint_reply_line(
             Some(&batch[1].sequence_number),
             Some(0),
@@ -653,7 +663,7 @@ fn scripted_child_injected_errors_are_replied() {
     d.shutdown_exception_forever();
     d.shutdown_requested();
     assert_eq!(
-        stderr_lines(&d, "REPLY ")[1],
+        stderr_lines(&d, "REPLY ", 2)[1],
         checkpoint_reply_line(None, None, Some(SHUTDOWN))
     );
 }
@@ -667,7 +677,7 @@ fn scripted_child_v1_terminate_and_zombie() {
     assert!(d.wait_exit(Duration::from_secs(10)).success());
     assert_eq!(d.last_checkpoint(), Some(ExtSeq::shard_end()));
     assert_eq!(
-        stderr_lines(&d, "GOT ")[2],
+        stderr_lines(&d, "GOT ", 3)[2],
         r#"{"action":"shutdown","reason":"TERMINATE"}"#
     );
 
@@ -679,7 +689,7 @@ fn scripted_child_v1_terminate_and_zombie() {
     d.shutdown_v1(ShutdownReason::Zombie);
     assert!(d.wait_exit(Duration::from_secs(10)).success());
     assert_eq!(
-        stderr_lines(&d, "REPLY ")[1],
+        stderr_lines(&d, "REPLY ", 2)[1],
         checkpoint_reply_line(None, None, Some(SHUTDOWN))
     );
     assert!(d.checkpoints().is_empty());
@@ -690,7 +700,7 @@ fn scripted_child_v1_terminate_and_zombie() {
     d.shutdown_v1(ShutdownReason::Zombie);
     assert!(d.wait_exit(Duration::from_secs(10)).success());
     assert_eq!(
-        stderr_lines(&d, "REPLY ")[1],
+        stderr_lines(&d, "REPLY ", 2)[1],
         checkpoint_reply_line(None, None, None)
     );
 }

@@ -123,6 +123,13 @@ fn unknown_action_gets_a_warning_and_a_status() {
     );
     r.ok(result);
     assert!(r.stdout_lines().contains(&status_line("prepareCheckpoint")));
+    // And the conversation goes on.
+    let all = records(0, 5);
+    r.process_records(&all, Some(0));
+    r.shard_ended();
+    assert!(r.wait_exit(EXIT).success(), "{}", r.dump());
+    assert_delivered(&kafka.read(all.len(), READ), SHARD, &all);
+    // After the exit, when stderr is complete.
     assert!(
         r.stderr()
             .lines()
@@ -130,12 +137,6 @@ fn unknown_action_gets_a_warning_and_a_status() {
         "{}",
         r.dump()
     );
-    // And the conversation goes on.
-    let all = records(0, 5);
-    r.process_records(&all, Some(0));
-    r.shard_ended();
-    assert!(r.wait_exit(EXIT).success(), "{}", r.dump());
-    assert_delivered(&kafka.read(all.len(), READ), SHARD, &all);
 }
 
 #[test]

@@ -15,7 +15,8 @@
 //!   sentinels, the no-op on an equal value, SHARD_END at shard end, no checkpointer at
 //!   `initialize` / `leaseLost`; errors can be injected (a queue, or ShutdownException forever);
 //! - after a successful `leaseLost`, `shardEnded` or 1.x `shutdown`, stdin is closed (EOF), as the
-//!   daemon's `childProcessShutdownSequence` does.
+//!   daemon's `childProcessShutdownSequence` does; so it is after any failed action except
+//!   `shutdownRequested` (`stopProcessing`).
 //!
 //! Everything that happens is appended to a transcript the tests assert on.
 
@@ -991,6 +992,12 @@ impl Daemon {
             action: action.to_string(),
             result: result.clone(),
         });
+        // MultiLangShardRecordProcessor#stopProcessing: a failed action (except
+        // shutdownRequested, which is only logged) closes the child's stdin before the daemon
+        // exits.
+        if result.is_err() && action != "shutdownRequested" {
+            self.close_stdin();
+        }
         result
     }
 
