@@ -51,9 +51,11 @@ fn assert_not_past(checkpoints: &[ExtSeq], limit: &ExtSeq, r: &Running) {
 #[test]
 fn all_brokers_down_in_the_middle_of_a_wait_for_ack_batch_withholds_the_status_until_delivered() {
     let kafka = Kafka::start(3, "down-mid-batch", 3);
+    // Slow answers, so that the batch is still unacknowledged when the brokers go down 30 ms
+    // after it was sent.
     kafka
         .cluster
-        .broker_round_trip_time(-1, Duration::from_millis(100))
+        .broker_round_trip_time(-1, Duration::from_millis(250))
         .expect("rtt");
     let mut r = start_initialized(&config_with(
         &kafka.bootstrap(),
