@@ -63,7 +63,9 @@ impl ClientContext for DeliveryContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        warn!(target: "librdkafka", "{error}: {reason}");
+        // librdkafka has already logged it through `log`; keep it for the "waiting for
+        // Kafka" lines, which say why the shard is held.
+        debug!(target: "librdkafka", "{error}: {reason}");
         if let Ok(mut last) = self.last_client_error.lock() {
             *last = Some(format!("{error}: {reason}"));
         }

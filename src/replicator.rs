@@ -55,6 +55,7 @@ pub struct Replicator {
     last_checkpoint_attempt: Instant,
     /// Set by a `ShutdownException`: the lease is gone, checkpoints would all fail.
     lease_gone: bool,
+    shard_end_checkpointed: bool,
     decoded: Vec<u8>,
     stats: Stats,
     last_summary: Instant,
@@ -78,6 +79,7 @@ impl Replicator {
             checkpointed: None,
             last_checkpoint_attempt: now,
             lease_gone: false,
+            shard_end_checkpointed: false,
             decoded: Vec::new(),
             stats: Stats::default(),
             last_summary: now,
@@ -345,8 +347,9 @@ impl Replicator {
             match channel.checkpoint(position.as_ref())? {
                 CheckpointResult::Done => {
                     info!("checkpointed at {shown}");
-                    if position.is_some() {
-                        self.checkpointed = position;
+                    match position {
+                        Some(position) => self.checkpointed = Some(position),
+                        None => self.shard_end_checkpointed = true,
                     }
                     return Ok(true);
                 }
@@ -426,8 +429,8 @@ impl Replicator {
         self.check_failure(channel, true)?;
         if self.lease_gone {
             warn!("the lease is gone (ShutdownException earlier); not checkpointing SHARD_END");
-        } else if self.checkpoint(channel, None, true)? {
-            info!("checkpointed SHARD_END");
+        } else {
+            self.checkpoint(channel, None, true)?;
         }
         channel.status(response_for)
     }
@@ -479,9 +482,13 @@ impl Replicator {
             self.stats.dropped,
             self.stats.skipped,
             self.sink.dead_lettered(),
-            self.checkpointed
-                .as_ref()
-                .map_or("none".to_owned(), |p| p.to_string()),
+            if self.shard_end_checkpointed {
+                "SHARD_END".to_owned()
+            } else {
+                self.checkpointed
+                    .as_ref()
+                    .map_or("none".to_owned(), |p| p.to_string())
+            },
             self.stats
                 .millis_behind_latest
                 .map_or("null".to_owned(), |m| m.to_string())
