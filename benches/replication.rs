@@ -164,7 +164,11 @@ struct Options {
     /// Records per run for 100 B and 1 KB; larger records get proportionally fewer.
     records: usize,
     repeat: usize,
+    /// Repeats of the configurations the targets are judged on (1 KB, batches of 10,000).
+    target_repeat: usize,
     partitions: i32,
+    /// Re-render the reports of an earlier run instead of measuring.
+    from_json: Option<PathBuf>,
     publish: bool,
     quick: bool,
     python: Option<PathBuf>,
@@ -185,9 +189,13 @@ OPTIONS (lists are comma-separated):
     --child LIST         rust,rust-sync,python,raw,status (default: all)
     --records N          records per run for 100 B and 1 KB (10 KB runs move the same bytes)
     --repeat N           run every configuration N times and report the median by records/s
+    --target-repeat N    the same for the target configurations (1 KB; batches of 10,000 and
+                         the raw producer): default 3 (1 with --quick)
     --partitions N       partitions of the topic (default 4)
     --no-python          skip the Python baseline
     --publish            also write docs/benchmark.svg and the table in docs/benchmark.md
+    --from-json PATH     measure nothing: re-render the table and chart of an earlier run
+                         (target/bench/replication.json)
     --help
 
 ENVIRONMENT:
@@ -229,7 +237,9 @@ fn parse_options() -> Result<Option<Options>> {
         kinds: Kind::ALL.to_vec(),
         records: 200_000,
         repeat: 1,
+        target_repeat: 3,
         partitions: 4,
+        from_json: None,
         publish: false,
         quick: false,
         python: None,
@@ -238,6 +248,7 @@ fn parse_options() -> Result<Option<Options>> {
         extra_properties: BTreeMap::new(),
     };
     let mut records = None;
+    let mut target_repeat = None;
     let mut sizes_given = false;
     let mut no_python = false;
     let mut args = std::env::args().skip(1);
@@ -283,6 +294,10 @@ fn parse_options() -> Result<Option<Options>> {
             "--child" | "--children" => o.kinds = parse_list(&value(&name)?, Kind::parse, "child")?,
             "--records" => records = Some(value(&name)?.parse().context("--records")?),
             "--repeat" => o.repeat = value(&name)?.parse().context("--repeat")?,
+            "--target-repeat" => {
+                target_repeat = Some(value(&name)?.parse().context("--target-repeat")?)
+            }
+            "--from-json" => o.from_json = Some(PathBuf::from(value(&name)?)),
             "--partitions" => o.partitions = value(&name)?.parse().context("--partitions")?,
             other => bail!("unknown argument {other:?}; see --help"),
         }
@@ -292,11 +307,21 @@ fn parse_options() -> Result<Option<Options>> {
             o.sizes = vec![1000];
         }
         o.records = 50_000;
+        o.target_repeat = 1;
     }
     if let Some(n) = records {
         o.records = n;
     }
-    if o.records == 0 || o.repeat == 0 || o.partitions <= 0 || o.sizes.contains(&0) {
+    if let Some(n) = target_repeat {
+        o.target_repeat = n;
+    }
+    o.target_repeat = o.target_repeat.max(o.repeat);
+    if o.records == 0
+        || o.repeat == 0
+        || o.target_repeat == 0
+        || o.partitions <= 0
+        || o.sizes.contains(&0)
+    {
         bail!("--records, --repeat, --partitions and sizes must be positive");
     }
     if o.batches.contains(&0) {
@@ -1648,6 +1673,9 @@ fn bench() -> Result<()> {
     let Some(options) = parse_options()? else {
         return Ok(());
     };
+    if let Some(path) = &options.from_json {
+        return rerender(path, options.publish);
+    }
     let out_dir = Path::new(MANIFEST_DIR).join("target").join("bench");
     let logs = out_dir.join("logs");
     fs::create_dir_all(&logs)?;
@@ -1676,11 +1704,12 @@ fn bench() -> Result<()> {
         println!("{n}");
     }
     println!(
-        "records per run: {} (100 B, 1 KB), {} (10 KB); topic partitions: {}; repeats: {}",
+        "records per run: {} (100 B, 1 KB), {} (10 KB); topic partitions: {}; repeats: {} ({} for the target configurations)",
         records_for(1000, options.records),
         records_for(10_000, options.records),
         options.partitions,
-        options.repeat
+        options.repeat,
+        options.target_repeat
     );
     println!();
     print_header();
@@ -1697,34 +1726,37 @@ fn bench() -> Result<()> {
     let sizes = ctx.options.sizes.clone();
     let batches = ctx.options.batches.clone();
     let kinds = ctx.options.kinds.clone();
-    let repeat = ctx.options.repeat;
+    // Runs one configuration as often as asked; prints and keeps the median.
+    let mut measure = |ctx: &mut Context,
+                       size: usize,
+                       batch: usize,
+                       run: &mut dyn FnMut(&mut Context) -> RunResult| {
+        let target = size == 1000 && (batch == 0 || batch == 10_000);
+        let times = if target {
+            ctx.options.target_repeat
+        } else {
+            ctx.options.repeat
+        };
+        let mut runs = Vec::new();
+        for _ in 0..times {
+            let r = run(ctx);
+            all_runs.push(r.clone());
+            runs.push(r);
+        }
+        let r = median_run(runs);
+        print_row(&r);
+        results.push(r);
+    };
     for &size in &sizes {
         let records = records_for(size, ctx.options.records);
         // The raw producer does not depend on the batch size: once per broker and size.
         if kinds.contains(&Kind::Raw) {
             for &broker in &brokers {
-                let mut runs = Vec::new();
-                for _ in 0..repeat {
-                    let topic = ctx.topic();
-                    let run = match BrokerInstance::start(
-                        broker,
-                        &topic,
-                        ctx.options.partitions,
-                        &ctx.logs,
-                    ) {
-                        Ok(instance) => {
-                            let r = run_raw(&mut ctx, &instance, size, records);
-                            instance.stop();
-                            r
-                        }
-                        Err(e) => failed_run(Some(broker), Kind::Raw, size, 0, records, e),
-                    };
-                    all_runs.push(run.clone());
-                    runs.push(run);
-                }
-                let r = median_run(runs);
-                print_row(&r);
-                results.push(r);
+                measure(&mut ctx, size, 0, &mut |ctx| {
+                    with_broker(ctx, broker, Kind::Raw, size, 0, records, |ctx, instance| {
+                        run_raw(ctx, instance, size, records)
+                    })
+                });
             }
         }
         let mut seen_batches = Vec::new();
@@ -1736,43 +1768,19 @@ fn bench() -> Result<()> {
             seen_batches.push(batch);
             let workload = build_workload(size, batch, records);
             if kinds.contains(&Kind::Status) {
-                let mut runs = Vec::new();
-                for _ in 0..repeat {
-                    let run = drive(&mut ctx, Kind::Status, &workload, None);
-                    all_runs.push(run.clone());
-                    runs.push(run);
-                }
-                let r = median_run(runs);
-                print_row(&r);
-                results.push(r);
+                measure(&mut ctx, size, batch, &mut |ctx| {
+                    drive(ctx, Kind::Status, &workload, None)
+                });
             }
             for &broker in &brokers {
                 for &kind in &[Kind::Rust, Kind::RustSync, Kind::Python] {
-                    if !kinds.contains(&kind) {
-                        continue;
+                    if kinds.contains(&kind) {
+                        measure(&mut ctx, size, batch, &mut |ctx| {
+                            with_broker(ctx, broker, kind, size, batch, records, |ctx, instance| {
+                                drive(ctx, kind, &workload, Some(instance))
+                            })
+                        });
                     }
-                    let mut runs = Vec::new();
-                    for _ in 0..repeat {
-                        let topic = ctx.topic();
-                        let run = match BrokerInstance::start(
-                            broker,
-                            &topic,
-                            ctx.options.partitions,
-                            &ctx.logs,
-                        ) {
-                            Ok(instance) => {
-                                let r = drive(&mut ctx, kind, &workload, Some(&instance));
-                                instance.stop();
-                                r
-                            }
-                            Err(e) => failed_run(Some(broker), kind, size, batch, records, e),
-                        };
-                        all_runs.push(run.clone());
-                        runs.push(run);
-                    }
-                    let r = median_run(runs);
-                    print_row(&r);
-                    results.push(r);
                 }
             }
         }
@@ -1785,9 +1793,8 @@ fn bench() -> Result<()> {
         load_average()
     );
 
-    let targets = targets(&results);
     println!();
-    for line in targets_text(&targets) {
+    for line in targets_text(&targets(&results)) {
         println!("{line}");
     }
     let ratios = python_ratios(&results);
@@ -1805,30 +1812,86 @@ fn bench() -> Result<()> {
         python: ctx.options.python_note.clone(),
         records: ctx.options.records,
         partitions: ctx.options.partitions,
-        repeat,
+        repeat: ctx.options.repeat,
+        target_repeat: ctx.options.target_repeat,
         elapsed_s: elapsed.as_secs_f64(),
         notes,
     };
-    let markdown = markdown(&header, &results, &targets, &ratios);
-    let svg = chart_svg(&results);
-    fs::write(out_dir.join("replication.md"), &markdown)?;
-    fs::write(out_dir.join("replication.svg"), &svg)?;
     fs::write(
         out_dir.join("replication.json"),
         serde_json::to_string_pretty(&json!({
-            "machine": header.machine,
-            "commit": header.commit,
-            "date": header.date,
+            "header": header.to_json(),
             "results": results.iter().map(result_json).collect::<Vec<_>>(),
             "all_runs": all_runs.iter().map(result_json).collect::<Vec<_>>(),
         }))?,
     )?;
+    render(&out_dir, &header, &results, ctx.options.publish)
+}
+
+/// Writes the markdown table and the chart (and copies them into docs/ when publishing).
+fn render(
+    out_dir: &Path,
+    header: &RunHeader,
+    results: &[RunResult],
+    publish_docs: bool,
+) -> Result<()> {
+    let targets = targets(results);
+    let ratios = python_ratios(results);
+    let markdown = markdown(header, results, &targets, &ratios);
+    let svg = chart_svg(results);
+    fs::write(out_dir.join("replication.md"), &markdown)?;
+    fs::write(out_dir.join("replication.svg"), &svg)?;
     println!();
     println!("wrote {}/replication.{{md,svg,json}}", out_dir.display());
-    if ctx.options.publish {
+    if publish_docs {
         publish(&markdown, &svg)?;
     }
     Ok(())
+}
+
+/// Re-renders the reports of an earlier run.
+fn rerender(path: &Path, publish_docs: bool) -> Result<()> {
+    let text = fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let saved: Value = serde_json::from_str(&text)?;
+    let header = RunHeader::from_json(&saved["header"]);
+    let results: Vec<RunResult> = saved["results"]
+        .as_array()
+        .ok_or_else(|| anyhow!("{} has no results", path.display()))?
+        .iter()
+        .map(result_from_json)
+        .collect();
+    let out_dir = Path::new(MANIFEST_DIR).join("target").join("bench");
+    fs::create_dir_all(&out_dir)?;
+    print_header();
+    for r in &results {
+        print_row(r);
+    }
+    println!();
+    for line in targets_text(&targets(&results)) {
+        println!("{line}");
+    }
+    render(&out_dir, &header, &results, publish_docs)
+}
+
+/// Runs `run` against a fresh broker with a fresh topic.
+fn with_broker(
+    ctx: &mut Context,
+    broker: Broker,
+    kind: Kind,
+    size: usize,
+    batch: usize,
+    records: usize,
+    run: impl FnOnce(&mut Context, &BrokerInstance) -> RunResult,
+) -> RunResult {
+    let topic = ctx.topic();
+    match BrokerInstance::start(broker, &topic, ctx.options.partitions, &ctx.logs) {
+        Ok(instance) => {
+            let r = run(ctx, &instance);
+            instance.stop();
+            r
+        }
+        Err(e) => failed_run(Some(broker), kind, size, batch, records, e),
+    }
 }
 
 fn failed_run(
@@ -1879,6 +1942,39 @@ fn result_json(r: &RunResult) -> Value {
         "other_cores": r.other_cores,
         "load_average": r.load,
     })
+}
+
+fn result_from_json(v: &Value) -> RunResult {
+    let f = |k: &str| v[k].as_f64();
+    let u = |k: &str| v[k].as_u64().unwrap_or(0) as usize;
+    RunResult {
+        broker: match v["broker"].as_str() {
+            Some("tansu") => Some(Broker::Tansu),
+            Some("mock") => Some(Broker::Mock),
+            _ => None,
+        },
+        kind: v["child"].as_str().and_then(Kind::parse),
+        size: u("record_bytes"),
+        batch: u("batch"),
+        records: u("records"),
+        wall_s: f("wall_s").unwrap_or(0.0),
+        steady_rps: f("second_half_records_per_s"),
+        cpu_s: f("cpu_s").unwrap_or(0.0),
+        maxrss_kib: (f("peak_rss_mib").unwrap_or(0.0) * 1024.0).round() as u64,
+        init_ms: f("spawn_to_initialize_ms"),
+        p50_ms: f("process_records_p50_ms"),
+        p99_ms: f("process_records_p99_ms"),
+        read_back: v["read_back"]
+            .as_u64()
+            .map(|n| (n, v["high_watermarks"].as_u64().unwrap_or(0))),
+        checkpoints: u("checkpoints") as u32,
+        broker_cpu_s: f("broker_cpu_s"),
+        first_ack_ms: f("raw_first_ack_ms"),
+        host_busy_cores: f("host_busy_cores").unwrap_or(0.0),
+        other_cores: f("other_cores").unwrap_or(0.0),
+        load: v["load_average"].as_str().unwrap_or_default().to_owned(),
+        error: v["error"].as_str().map(str::to_owned),
+    }
 }
 
 fn machine_description() -> String {
@@ -2124,8 +2220,50 @@ struct RunHeader {
     records: usize,
     partitions: i32,
     repeat: usize,
+    target_repeat: usize,
     elapsed_s: f64,
     notes: Vec<String>,
+}
+
+impl RunHeader {
+    fn to_json(&self) -> Value {
+        json!({
+            "machine": self.machine,
+            "commit": self.commit,
+            "date": self.date,
+            "python": self.python,
+            "records": self.records,
+            "partitions": self.partitions,
+            "repeat": self.repeat,
+            "target_repeat": self.target_repeat,
+            "elapsed_s": self.elapsed_s,
+            "notes": self.notes,
+        })
+    }
+
+    fn from_json(v: &Value) -> RunHeader {
+        let text = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+        let count = |k: &str| v[k].as_u64().unwrap_or(1) as usize;
+        RunHeader {
+            machine: text("machine"),
+            commit: text("commit"),
+            date: text("date"),
+            python: text("python"),
+            records: count("records"),
+            partitions: v["partitions"].as_i64().unwrap_or(0) as i32,
+            repeat: count("repeat"),
+            target_repeat: count("target_repeat"),
+            elapsed_s: v["elapsed_s"].as_f64().unwrap_or(0.0),
+            notes: v["notes"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|n| n.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
 }
 
 fn markdown(h: &RunHeader, results: &[RunResult], targets: &[Target], ratios: &[String]) -> String {
@@ -2142,10 +2280,13 @@ fn markdown(h: &RunHeader, results: &[RunResult], targets: &[Target], ratios: &[
         thousands(records_for(1000, h.records) as f64),
         thousands(records_for(10_000, h.records) as f64),
         h.partitions,
-        if h.repeat > 1 {
-            format!("median of {} repeats by records/s", h.repeat)
-        } else {
-            "one run per row".to_owned()
+        match (h.repeat, h.target_repeat) {
+            (1, 1) => "one run per row".to_owned(),
+            (1, t) => format!(
+                "one run per row, except the target rows (1 KB; batches of 10,000; raw producer): median of {t} by records/s"
+            ),
+            (r, t) if r == t => format!("median of {r} runs per row by records/s"),
+            (r, t) => format!("median of {r} runs per row ({t} for the target rows) by records/s"),
         }
     );
     for n in &h.notes {
@@ -2229,6 +2370,19 @@ fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+/// Axis labels: 1, 2, 5, 10, ... 1k, 2k, 5k, ... 1M.
+fn tick_label(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{}M", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{}k", v / 1e3)
+    } else if v >= 1.0 {
+        format!("{v}")
+    } else {
+        format!("{v:.2}")
+    }
 }
 
 fn compact(v: f64) -> String {
@@ -2386,7 +2540,7 @@ fn chart_svg(results: &[RunResult]) -> String {
             let mut decade = lo;
             while decade <= hi {
                 for m in [1.0, 2.0, 5.0] {
-                    let v = 10f64.powf(decade) * m;
+                    let v = 10f64.powi(decade as i32) * m;
                     if v.log10() > hi + 1e-9 {
                         break;
                     }
@@ -2402,7 +2556,7 @@ fn chart_svg(results: &[RunResult]) -> String {
                         r##"<text x="{:.0}" y="{:.1}" font-size="10" text-anchor="end" fill="#555">{}</text>"##,
                         x0 - 5.0,
                         y + 3.5,
-                        compact(v)
+                        tick_label(v)
                     );
                 }
                 decade += 1.0;
