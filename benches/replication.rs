@@ -202,6 +202,9 @@ ENVIRONMENT:
     BENCH_PYTHON_CHILD       the Python replicator's runner (scripts/bench.sh sets it)
     BENCH_KAFKA_PROPERTIES   k=v pairs, space-separated: librdkafka properties for the replicator and the raw producer
     BENCH_RUN_TIMEOUT        seconds before a run is killed (default 300)
+    BENCH_MAX_IN_FLIGHT_RECORDS, BENCH_MAX_IN_FLIGHT_BYTES
+                             the replicator's window (default 20000 records, 16 MiB)
+    BENCH_RECORD_HEADERS     false: no kinesis.* headers (records.headers), for the raw producer too
     BENCH_CHILD_LOG_LEVEL    KCL_LOG_LEVEL of the replicator (default INFO; logs in target/bench/logs)
     KKR_BIN                  the replicator binary (default: the one cargo built for the bench)
     TANSU                    the tansu binary (default: tansu on PATH)
@@ -1039,10 +1042,11 @@ impl Context {
                 "properties": self.options.extra_properties,
             },
             "checkpoint": { "freq_seconds": 1 },
+            "records": { "headers": std::env::var("BENCH_RECORD_HEADERS").map_or(true, |v| v != "false" && v != "0") },
             "pipeline": {
                 "wait_for_ack": wait_for_ack,
-                "max_in_flight_records": 20000,
-                "max_in_flight_bytes": 16777216
+                "max_in_flight_records": env_number("BENCH_MAX_IN_FLIGHT_RECORDS", 20000),
+                "max_in_flight_bytes": env_number("BENCH_MAX_IN_FLIGHT_BYTES", 16777216)
             },
             "log": { "summary_interval_seconds": 0 }
         });
@@ -1054,6 +1058,13 @@ impl Context {
         fs::write(&path, serde_json::to_string_pretty(&config)?)?;
         Ok(path)
     }
+}
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// A command with the benchmark's environment: nothing from the developer's shell that the
@@ -1444,7 +1455,8 @@ impl ProducerContext for Counting {
 }
 
 /// The raw producer: the replicator's producer properties, the same messages (key, payload,
-/// timestamp, the four kinesis.* headers), all built before the clock starts.
+/// timestamp, the four kinesis.* headers). Their bytes are generated before the clock starts;
+/// the librdkafka calls that make a message of them (header set, produce) are inside it.
 fn raw_producer() -> Result<()> {
     // librdkafka's log lines (e.g. with BENCH_KAFKA_PROPERTIES=debug=eos) go to the run's log.
     let _ =
@@ -1456,33 +1468,13 @@ fn raw_producer() -> Result<()> {
     let size: usize = var("KKR_RAW_SIZE")?.parse()?;
     let records: usize = var("KKR_RAW_RECORDS")?.parse()?;
     let topic = config.kafka.topic.clone();
+    let with_headers = config.records.headers;
     let payloads = payload_pool(size);
     let keys: Vec<String> = (0..records).map(partition_key).collect();
-    let mut headers: Vec<Option<OwnedHeaders>> = (0..records)
-        .map(|i| {
-            let seq = sequence_number(i);
-            let ts = arrival(i).to_string();
-            Some(
-                OwnedHeaders::new_with_capacity(4)
-                    .insert(Header {
-                        key: "kinesis.shardId",
-                        value: Some(SHARD_ID),
-                    })
-                    .insert(Header {
-                        key: "kinesis.sequenceNumber",
-                        value: Some(&seq),
-                    })
-                    .insert(Header {
-                        key: "kinesis.subSequenceNumber",
-                        value: Some("0"),
-                    })
-                    .insert(Header {
-                        key: "kinesis.approximateArrivalTimestamp",
-                        value: Some(&ts),
-                    }),
-            )
-        })
-        .collect();
+    // The header values are pre-formatted; the header sets themselves are built in the
+    // loop, as the replicator builds them for every message.
+    let sequences: Vec<String> = (0..records).map(sequence_number).collect();
+    let arrivals: Vec<String> = (0..records).map(|i| arrival(i).to_string()).collect();
 
     // A warm producer is the ceiling: it gets its connections and its producer id (librdkafka
     // acquires one on a 500 ms timer, so a cold idempotent producer's first acknowledgement
@@ -1508,8 +1500,28 @@ fn raw_producer() -> Result<()> {
         let mut record = BaseRecord::<str, [u8], ()>::to(&topic)
             .key(keys[i].as_str())
             .payload(&payloads[i % PAYLOAD_POOL][..])
-            .timestamp(arrival(i))
-            .headers(headers[i].take().expect("each header set is used once"));
+            .timestamp(arrival(i));
+        if with_headers {
+            record = record.headers(
+                OwnedHeaders::new_with_capacity(4)
+                    .insert(Header {
+                        key: "kinesis.shardId",
+                        value: Some(SHARD_ID),
+                    })
+                    .insert(Header {
+                        key: "kinesis.sequenceNumber",
+                        value: Some(&sequences[i]),
+                    })
+                    .insert(Header {
+                        key: "kinesis.subSequenceNumber",
+                        value: Some("0"),
+                    })
+                    .insert(Header {
+                        key: "kinesis.approximateArrivalTimestamp",
+                        value: Some(&arrivals[i]),
+                    }),
+            );
+        }
         loop {
             match producer.send(record) {
                 Ok(()) => break,
