@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The replication benchmark (benches/replication.rs; docs/benchmark.md explains every figure).
 #
-#   scripts/bench.sh                  full run (about 10 minutes on 2 cores); rewrites
+#   scripts/bench.sh                  full run (about 7 minutes on 2 cores); rewrites
 #                                     docs/benchmark.svg and the table in docs/benchmark.md
-#   scripts/bench.sh --quick          1 KB records only, fewer of them (about 2 minutes)
+#   scripts/bench.sh --quick          1 KB records only, fewer of them (about a minute)
 #   scripts/bench.sh --help           every filter and option
 #
 # What this script adds around `cargo bench --bench replication`:
@@ -12,8 +12,8 @@
 #     lines in the header of run-kclpy-replicator.sh (idempotent; it prints every step). When
 #     that fails or ../shared/bench/ is absent, the benchmark runs without the Python rows.
 #     BENCH_PYTHON_SETUP=0 skips the setup;
-#   - writes the chart and the table into docs/ only on a full run (no filter, no --quick),
-#     unless --publish or --no-publish says otherwise.
+#   - writes the chart and the table into docs/ only on a full run (no option at all), unless
+#     --publish or --no-publish says otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -59,25 +59,23 @@ setup_python() {
 args=()
 publish=auto
 python=on
+help=no
 for arg in "$@"; do
   case "$arg" in
     --publish) publish=yes ;;
     --no-publish) publish=no ;;
     --no-python) python=off; args+=("$arg") ;;
-    --help|-h)
-      args+=("$arg") ;;
+    --help|-h) help=yes; args+=("$arg") ;;
     *) args+=("$arg") ;;
   esac
 done
+if [ "$help" = yes ]; then
+  exec cargo bench --bench replication -- --help
+fi
 
+# Only the full run (no option at all) replaces the published figures by default.
 if [ "$publish" = auto ]; then
-  publish=yes
-  for arg in "${args[@]+"${args[@]}"}"; do
-    case "$arg" in
-      --no-python) ;;
-      *) publish=no ;;
-    esac
-  done
+  if [ ${#args[@]} -eq 0 ]; then publish=yes; else publish=no; fi
 fi
 if [ "$publish" = yes ]; then
   args+=(--publish)
