@@ -52,9 +52,7 @@ pub struct DeliveryContext {
     dead_letter_topic: Option<String>,
     returned: Mutex<Vec<Returned>>,
     dead_lettered: AtomicU64,
-    /// The last error librdkafka reported for the client as a whole (e.g. authentication),
-    /// so that a stalled producer can say why.
-    last_client_error: Mutex<Option<String>>,
+    last_error: LastError,
 }
 
 impl ClientContext for DeliveryContext {
@@ -63,12 +61,7 @@ impl ClientContext for DeliveryContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        // librdkafka has already logged it through `log`; keep it for the "waiting for
-        // Kafka" lines, which say why the shard is held.
-        debug!(target: "librdkafka", "{error}: {reason}");
-        if let Ok(mut last) = self.last_client_error.lock() {
-            *last = Some(format!("{error}: {reason}"));
-        }
+        self.last_error.record(&error, reason);
     }
 }
 
@@ -126,6 +119,25 @@ impl ProducerContext for DeliveryContext {
     }
 }
 
+/// The last error librdkafka reported for the client as a whole (a refused password, all
+/// brokers down), so that a stalled producer or a failed check can say why.
+#[derive(Default)]
+struct LastError(Mutex<Option<String>>);
+
+impl LastError {
+    fn record(&self, error: &KafkaError, reason: &str) {
+        // librdkafka has already logged it through `log`.
+        debug!(target: "librdkafka", "{error}: {reason}");
+        if let Ok(mut last) = self.0.lock() {
+            *last = Some(reason.to_owned());
+        }
+    }
+
+    fn get(&self) -> Option<String> {
+        self.0.lock().ok().and_then(|last| last.clone())
+    }
+}
+
 /// librdkafka's own lines go through `log`, so they reach stderr with the shard tag.
 fn log_librdkafka(level: RDKafkaLogLevel, fac: &str, message: &str) {
     match level {
@@ -172,11 +184,12 @@ impl KafkaSink {
             dead_letter_topic: config.dead_letter_topic().map(str::to_owned),
             returned: Mutex::new(Vec::new()),
             dead_lettered: AtomicU64::new(0),
-            last_client_error: Mutex::new(None),
+            last_error: LastError::default(),
         };
         let producer: ThreadedProducer<DeliveryContext> = client_config(config)
             .create_with_context(context)
             .map_err(|e| anyhow!("cannot create the Kafka producer: {e}; check kafka.properties in the configuration"))?;
+        warm_up(&producer, config.kafka.topic.trim());
         Ok(KafkaSink {
             producer,
             frontier,
@@ -492,12 +505,7 @@ impl KafkaSink {
     }
 
     pub fn last_client_error(&self) -> Option<String> {
-        self.producer
-            .context()
-            .last_client_error
-            .lock()
-            .map(|e| e.clone())
-            .unwrap_or_default()
+        self.producer.context().last_error.get()
     }
 
     /// Gives librdkafka a bounded time to deliver what is queued.
@@ -525,6 +533,33 @@ struct Refused {
     value: Option<Vec<u8>>,
     timestamp: Option<i64>,
     headers: Option<OwnedHeaders>,
+}
+
+/// Asks for the topic's metadata in the background, at once, twice. An idempotent
+/// producer acquires its producer id when a metadata response arrives from a broker that
+/// is up, or else on a 500 ms timer. The first response comes from the bootstrap
+/// connection, which is dropped as soon as the real broker ids are known; the second comes
+/// from a real broker. Without this the first batch waits about a second for its first
+/// acknowledgement.
+fn warm_up(producer: &ThreadedProducer<DeliveryContext>, topic: &str) {
+    let producer = producer.clone();
+    let topic = topic.to_owned();
+    let spawned = std::thread::Builder::new()
+        .name("kafka-warm-up".into())
+        .spawn(move || {
+            for _ in 0..2 {
+                if let Err(e) = producer
+                    .client()
+                    .fetch_metadata(Some(&topic), METADATA_TIMEOUT)
+                {
+                    debug!("early metadata request for {topic}: {e}");
+                    return;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        debug!("no warm-up thread: {e}");
+    }
 }
 
 /// The number at the end of a shard id (`shardId-000000000007` → 7); other ids hash.
@@ -628,9 +663,7 @@ pub fn check_topic(config: &Config, topic: &str, timeout: Duration) -> Result<To
         let cause = producer
             .context()
             .last_error
-            .lock()
-            .ok()
-            .and_then(|last| last.clone())
+            .get()
             .map(|last| format!("; librdkafka: {last}"))
             .unwrap_or_default();
         anyhow!(
@@ -654,10 +687,10 @@ pub fn check_topic(config: &Config, topic: &str, timeout: Duration) -> Result<To
     }
 }
 
-/// Keeps the client's last error, so that a failed check can say why.
+/// The client of `--check-config`: it keeps librdkafka's last error to explain a failure.
 #[derive(Default)]
 struct CheckContext {
-    last_error: Mutex<Option<String>>,
+    last_error: LastError,
 }
 
 impl ClientContext for CheckContext {
@@ -666,10 +699,7 @@ impl ClientContext for CheckContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        debug!(target: "librdkafka", "{error}: {reason}");
-        if let Ok(mut last) = self.last_error.lock() {
-            *last = Some(reason.to_owned());
-        }
+        self.last_error.record(&error, reason);
     }
 }
 
