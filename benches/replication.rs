@@ -203,7 +203,7 @@ ENVIRONMENT:
     BENCH_KAFKA_PROPERTIES   k=v pairs, space-separated: librdkafka properties for the replicator and the raw producer
     BENCH_RUN_TIMEOUT        seconds before a run is killed (default 300)
     BENCH_MAX_IN_FLIGHT_RECORDS, BENCH_MAX_IN_FLIGHT_BYTES
-                             the replicator's window (default 20000 records, 16 MiB)
+                             the replicator's window (default 10000 records, 8 MiB)
     BENCH_RECORD_HEADERS     false: no kinesis.* headers (records.headers), for the raw producer too
     BENCH_CHILD_LOG_LEVEL    KCL_LOG_LEVEL of the replicator (default INFO; logs in target/bench/logs)
     KKR_BIN                  the replicator binary (default: the one cargo built for the bench)
@@ -1045,8 +1045,8 @@ impl Context {
             "records": { "headers": std::env::var("BENCH_RECORD_HEADERS").map_or(true, |v| v != "false" && v != "0") },
             "pipeline": {
                 "wait_for_ack": wait_for_ack,
-                "max_in_flight_records": env_number("BENCH_MAX_IN_FLIGHT_RECORDS", 20000),
-                "max_in_flight_bytes": env_number("BENCH_MAX_IN_FLIGHT_BYTES", 16777216)
+                "max_in_flight_records": env_number("BENCH_MAX_IN_FLIGHT_RECORDS", 10000),
+                "max_in_flight_bytes": env_number("BENCH_MAX_IN_FLIGHT_BYTES", 8388608)
             },
             "log": { "summary_interval_seconds": 0 }
         });

@@ -101,6 +101,9 @@ struct Inner {
     in_flight_bytes: usize,
     acknowledged_messages: u64,
     failure: Option<DeliveryFailure>,
+    /// Threads in `wait_until`. Waking costs a system call, and there is an acknowledgement
+    /// per message: wake only when someone waits.
+    waiters: usize,
 }
 
 /// Shared between the session (which adds records) and librdkafka's delivery thread
@@ -136,6 +139,7 @@ impl Frontier {
                 in_flight_bytes: 0,
                 acknowledged_messages: 0,
                 failure: None,
+                waiters: 0,
             }),
             changed: Condvar::new(),
         }
@@ -178,11 +182,15 @@ impl Frontier {
             return;
         };
         slot.outstanding = slot.outstanding.saturating_sub(1);
+        // Only the front finishing changes what waiters look at (what is in flight).
         if slot.outstanding == 0 && index == 0 {
             inner.advance();
+            let wake = inner.waiters > 0;
+            drop(inner);
+            if wake {
+                self.changed.notify_all();
+            }
         }
-        drop(inner);
-        self.changed.notify_all();
     }
 
     /// Record `id` will never be delivered. The frontier stops before it for good.
@@ -268,10 +276,12 @@ impl Frontier {
             if now >= deadline {
                 return false;
             }
+            inner.waiters += 1;
             inner = match self.changed.wait_timeout(inner, deadline - now) {
                 Ok((guard, _)) => guard,
                 Err(poisoned) => poisoned.into_inner().0,
             };
+            inner.waiters -= 1;
         }
     }
 }

@@ -426,8 +426,10 @@ impl KafkaSink {
                         warn!("librdkafka's queue has been full for 30 s; still waiting for Kafka to acknowledge");
                         waiting_since = Some(Instant::now());
                     }
+                    // librdkafka's own queue (far larger than the window) is full: give
+                    // its delivery reports a moment to free room.
                     let acknowledged = self.frontier.state().acknowledged_messages;
-                    self.frontier.wait_until(Duration::from_millis(50), |s| {
+                    self.frontier.wait_until(Duration::from_millis(10), |s| {
                         s.acknowledged_messages != acknowledged
                     });
                 }

@@ -112,7 +112,7 @@ struct RawMessage<'a> {
     sequence_number: Option<Cow<'a, str>>,
     #[serde(rename = "subSequenceNumber", default)]
     sub_sequence_number: Option<i64>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "records_presized")]
     records: Option<Vec<Record<'a>>>,
     #[serde(rename = "millisBehindLatest", default)]
     millis_behind_latest: Option<i64>,
@@ -130,6 +130,53 @@ fn borrowed_text<'de: 'a, 'a, D: serde::Deserializer<'de>>(
     #[derive(Deserialize)]
     struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
     Ok(Option::<Text<'a>>::deserialize(deserializer)?.map(|t| t.0))
+}
+
+thread_local! {
+    /// The length of the previous batch. Batches of a shard are alike in size, so the next
+    /// one's vector starts at that capacity instead of doubling its way up (and copying)
+    /// from zero: a measurable share of the parse for batches of 10,000 records.
+    static LAST_BATCH_LEN: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+fn records_presized<'de: 'a, 'a, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<Record<'a>>>, D::Error> {
+    struct Records<'a>(std::marker::PhantomData<&'a ()>);
+
+    impl<'de: 'a, 'a> serde::de::Visitor<'de> for Records<'a> {
+        type Value = Option<Vec<Record<'a>>>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an array of records or null")
+        }
+
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_seq(self)
+        }
+
+        fn visit_seq<S: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: S,
+        ) -> Result<Self::Value, S::Error> {
+            let mut records = Vec::with_capacity(LAST_BATCH_LEN.get().min(10_000));
+            while let Some(record) = seq.next_element()? {
+                records.push(record);
+            }
+            LAST_BATCH_LEN.set(records.len());
+            Ok(Some(records))
+        }
+    }
+
+    deserializer.deserialize_option(Records(std::marker::PhantomData))
 }
 
 /// Why a line from the daemon could not be understood.
