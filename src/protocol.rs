@@ -274,6 +274,143 @@ impl<R: Read> LineReader<R> {
         }
         Ok(ReadLine::Line)
     }
+
+    /// Whether the next line starts with `prefix`, without consuming anything. Answers
+    /// false (so the caller reads the line whole) in the rare case where fewer bytes than
+    /// the prefix are buffered and those match: a buffered reader cannot read more
+    /// without consuming.
+    pub fn next_starts_with(&mut self, prefix: &[u8]) -> io::Result<bool> {
+        let available = self.input.fill_buf()?;
+        Ok(available.len() >= prefix.len() && available.starts_with(prefix))
+    }
+
+    pub fn consume(&mut self, n: usize) {
+        self.input.consume(n);
+    }
+
+    /// Reads the next object of a JSON array whose opening `[` is already consumed, into
+    /// `buf`; skips the commas and white space between objects, and consumes the closing
+    /// `]`. Objects are delimited by tracking strings, escapes and nesting, which is all
+    /// JSON needs for that; the object itself is parsed by the caller.
+    pub fn next_array_object(&mut self, buf: &mut Vec<u8>) -> io::Result<ArrayItem> {
+        buf.clear();
+        // Between elements.
+        loop {
+            let available = self.input.fill_buf()?;
+            let Some(&byte) = available.first() else {
+                return Ok(ArrayItem::Eof);
+            };
+            match byte {
+                b' ' | b'\t' | b'\r' | b',' => self.input.consume(1),
+                b']' => {
+                    self.input.consume(1);
+                    return Ok(ArrayItem::End);
+                }
+                b'{' => break,
+                other => return Ok(ArrayItem::Unexpected(other)),
+            }
+        }
+        // The object, possibly across several buffer fills. Inside strings (nearly all of
+        // a record: its base64 data) the scan jumps from quote or backslash to the next.
+        let mut depth = 0usize;
+        let mut in_string = false;
+        let mut escaped = false;
+        loop {
+            let available = self.input.fill_buf()?;
+            if available.is_empty() {
+                return Ok(ArrayItem::Eof);
+            }
+            let mut i = 0;
+            let mut end = None;
+            while i < available.len() {
+                if escaped {
+                    escaped = false;
+                    i += 1;
+                    continue;
+                }
+                if in_string {
+                    match memchr::memchr2(b'"', b'\\', &available[i..]) {
+                        None => i = available.len(),
+                        Some(offset) => {
+                            let at = i + offset;
+                            if available[at] == b'\\' {
+                                escaped = true;
+                            } else {
+                                in_string = false;
+                            }
+                            i = at + 1;
+                        }
+                    }
+                    continue;
+                }
+                match available[i] {
+                    b'"' => in_string = true,
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth = depth.saturating_sub(1);
+                        if depth == 0 {
+                            end = Some(i + 1);
+                            break;
+                        }
+                    }
+                    // A line end inside an object: the line is cut short.
+                    b'\n' => return Ok(ArrayItem::Unexpected(b'\n')),
+                    _ => {}
+                }
+                i += 1;
+            }
+            let taken = end.unwrap_or(available.len());
+            buf.extend_from_slice(&available[..taken]);
+            self.input.consume(taken);
+            if end.is_some() {
+                return Ok(ArrayItem::Object);
+            }
+        }
+    }
+}
+
+/// What [`LineReader::next_array_object`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ArrayItem {
+    /// An object is in the buffer.
+    Object,
+    /// The array's closing `]` (consumed).
+    End,
+    /// stdin closed inside the array.
+    Eof,
+    /// A byte that cannot come next in an array of objects.
+    Unexpected(u8),
+}
+
+/// The start of every `processRecords` line the daemon writes (Jackson writes `action`
+/// first, then the fields in declaration order). A line that starts this way is read
+/// record by record instead of whole: a batch can be 14 MB, and holding it whole would
+/// double a child's memory.
+pub const STREAMED_BATCH_PREFIX: &[u8] = b"{\"action\":\"processRecords\",\"records\":[";
+
+/// Parses one record (an element of a streamed batch).
+pub fn parse_record(bytes: &[u8]) -> Result<Record<'_>, ParseError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ParseError(format!("not a record ({e}): {}", excerpt(bytes))))
+}
+
+/// Parses what follows a streamed batch's records (`,"millisBehindLatest":N}` and any
+/// other fields) as the whole message would be parsed, with the records left out.
+pub fn parse_batch_tail(tail: &[u8], scratch: &mut Vec<u8>) -> Result<Option<i64>, ParseError> {
+    scratch.clear();
+    scratch.extend_from_slice(STREAMED_BATCH_PREFIX);
+    scratch.push(b']');
+    scratch.extend_from_slice(tail);
+    match parse_message(scratch)? {
+        DaemonMessage::ProcessRecords {
+            millis_behind_latest,
+            ..
+        } => Ok(millis_behind_latest),
+        other => Err(ParseError(format!(
+            "a processRecords line that parses as {:?}",
+            other.action()
+        ))),
+    }
 }
 
 /// Writes protocol lines. Each line is flushed at once: the daemon is waiting for it.
@@ -463,6 +600,95 @@ mod tests {
         let mut reader = LineReader::new(&b"x\n"[..]);
         assert_eq!(reader.read_line(&mut buf).unwrap(), ReadLine::Line);
         assert_eq!(reader.read_line(&mut buf).unwrap(), ReadLine::Eof);
+    }
+
+    /// A reader that returns at most `chunk` bytes per read: every buffer boundary.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        chunk: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.chunk.min(buf.len()).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    fn stream(line: &[u8], chunk: usize) -> (Vec<String>, Result<Option<i64>, String>) {
+        let mut reader = LineReader {
+            input: BufReader::with_capacity(chunk.max(1), Trickle { data: line, chunk }),
+        };
+        let mut buf = Vec::new();
+        let mut keys = Vec::new();
+        // With a tiny buffer the prefix check may say no: then consume it by hand.
+        let mut prefix = vec![0u8; STREAMED_BATCH_PREFIX.len()];
+        reader.input.read_exact(&mut prefix).unwrap();
+        assert_eq!(prefix, STREAMED_BATCH_PREFIX);
+        loop {
+            match reader.next_array_object(&mut buf).unwrap() {
+                ArrayItem::Object => {
+                    let record = parse_record(&buf).unwrap();
+                    keys.push(record.partition_key.unwrap().into_owned());
+                }
+                ArrayItem::End => break,
+                other => return (keys, Err(format!("{other:?}"))),
+            }
+        }
+        assert_eq!(reader.read_line(&mut buf).unwrap(), ReadLine::Line);
+        let mut scratch = Vec::new();
+        let tail = parse_batch_tail(&buf, &mut scratch).map_err(|e| e.to_string());
+        (keys, tail)
+    }
+
+    #[test]
+    fn a_streamed_batch_yields_every_record_whatever_the_read_sizes() {
+        let line = concat!(
+            r#"{"action":"processRecords","records":["#,
+            r#"{"data":"aGk=","partitionKey":"brace } and [ in a key","sequenceNumber":"1","subSequenceNumber":0,"action":"record"},"#,
+            r#"{"data":"","partitionKey":"quote \" backslash \\ end\\","sequenceNumber":"2","subSequenceNumber":0,"action":"record","extra":{"nested":[1,{"a":"}"}]}},"#,
+            r#"{"data":null,"partitionKey":"ключ 🔑","sequenceNumber":"3","subSequenceNumber":null,"action":"record"}"#,
+            r#"],"millisBehindLatest":42}"#,
+            "
+"
+        );
+        for chunk in [1, 2, 3, 7, 64, 4096] {
+            let (keys, tail) = stream(line.as_bytes(), chunk);
+            assert_eq!(
+                keys,
+                vec![
+                    "brace } and [ in a key",
+                    "quote \" backslash \\ end\\",
+                    "ключ 🔑"
+                ],
+                "chunk {chunk}"
+            );
+            assert_eq!(tail, Ok(Some(42)), "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn a_streamed_batch_cut_short_or_malformed_is_reported() {
+        let cut = br#"{"action":"processRecords","records":[{"data":"aGk=","partitionKey":"k""#;
+        assert_eq!(stream(cut, 5).1, Err("Eof".into()));
+        let bad = b"{\"action\":\"processRecords\",\"records\":[7]}\n";
+        assert_eq!(stream(bad, 5).1, Err("Unexpected(55)".into()));
+        let empty = b"{\"action\":\"processRecords\",\"records\":[],\"millisBehindLatest\":null}\n";
+        assert_eq!(stream(empty, 3), (vec![], Ok(None)));
+    }
+
+    #[test]
+    fn the_prefix_check_does_not_consume() {
+        let line = b"{\"action\":\"processRecords\",\"records\":[],\"millisBehindLatest\":1}\n";
+        let mut reader = LineReader::new(&line[..]);
+        assert!(reader.next_starts_with(STREAMED_BATCH_PREFIX).unwrap());
+        let mut buf = Vec::new();
+        assert_eq!(reader.read_line(&mut buf).unwrap(), ReadLine::Line);
+        assert_eq!(buf, &line[..line.len() - 1]);
+        let mut other = LineReader::new(&b"{\"action\":\"leaseLost\"}\n"[..]);
+        assert!(!other.next_starts_with(STREAMED_BATCH_PREFIX).unwrap());
     }
 
     #[test]

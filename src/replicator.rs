@@ -55,6 +55,9 @@ pub struct Replicator {
     last_checkpoint_attempt: Instant,
     /// Set by a `ShutdownException`: the lease is gone, checkpoints would all fail.
     lease_gone: bool,
+    /// Inside a batch that is read record by record: the daemon would answer a checkpoint
+    /// request only after the rest of the line, so none is sent until the batch is read.
+    mid_line: bool,
     shard_end_checkpointed: bool,
     decoded: Vec<u8>,
     stats: Stats,
@@ -79,6 +82,7 @@ impl Replicator {
             checkpointed: None,
             last_checkpoint_attempt: now,
             lease_gone: false,
+            mid_line: false,
             shard_end_checkpointed: false,
             decoded: Vec::new(),
             stats: Stats::default(),
@@ -111,30 +115,41 @@ impl Replicator {
         );
     }
 
-    fn process_records<R: Read, W: Write>(
+    /// A `processRecords` begins.
+    fn begin_batch(&mut self, streamed: bool) {
+        self.mid_line = streamed;
+    }
+
+    /// One record of the batch: produce it, then wait if the in-flight window is full.
+    fn record<R: Read, W: Write>(
         &mut self,
-        records: &[Record<'_>],
+        record: &Record<'_>,
+        channel: &mut Channel<R, W>,
+    ) -> Result<(), Fatal> {
+        self.produce(record)?;
+        let max_records = self.config.pipeline.max_in_flight_records;
+        let max_bytes = self.config.pipeline.max_in_flight_bytes;
+        let (in_flight_records, in_flight_bytes) = self.frontier.in_flight();
+        if in_flight_records >= max_records || in_flight_bytes >= max_bytes {
+            self.wait_for(
+                channel,
+                Checkpoints::Periodic,
+                None,
+                "room in the in-flight window",
+                |s| s.in_flight_records < max_records && s.in_flight_bytes < max_bytes,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The batch is all read: wait for it if asked, checkpoint if due, answer.
+    fn end_batch<R: Read, W: Write>(
+        &mut self,
         millis_behind_latest: Option<i64>,
         channel: &mut Channel<R, W>,
     ) -> Result<(), Fatal> {
+        self.mid_line = false;
         self.stats.millis_behind_latest = millis_behind_latest;
-        let window = (
-            self.config.pipeline.max_in_flight_records,
-            self.config.pipeline.max_in_flight_bytes,
-        );
-        for record in records {
-            self.produce(record)?;
-            let (in_flight_records, in_flight_bytes) = self.frontier.in_flight();
-            if in_flight_records >= window.0 || in_flight_bytes >= window.1 {
-                self.wait_for(
-                    channel,
-                    Checkpoints::Periodic,
-                    None,
-                    "room in the in-flight window",
-                    |s| s.in_flight_records < window.0 && s.in_flight_bytes < window.1,
-                )?;
-            }
-        }
         if self.config.pipeline.wait_for_ack {
             // One checkpoint per batch, after it is all acknowledged: what this mode is for.
             self.wait_for(
@@ -312,6 +327,7 @@ impl Replicator {
         now: bool,
     ) -> Result<(), Fatal> {
         if self.lease_gone
+            || self.mid_line
             || (!now && self.last_checkpoint_attempt.elapsed() < self.config.checkpoint_interval())
         {
             return Ok(());
@@ -497,6 +513,26 @@ impl Replicator {
 }
 
 impl Handler for Replicator {
+    fn begin_batch(&mut self, streamed: bool) {
+        Replicator::begin_batch(self, streamed)
+    }
+
+    fn record<R: Read, W: Write>(
+        &mut self,
+        record: &Record<'_>,
+        channel: &mut Channel<R, W>,
+    ) -> Result<(), Fatal> {
+        Replicator::record(self, record, channel)
+    }
+
+    fn end_batch<R: Read, W: Write>(
+        &mut self,
+        millis_behind_latest: Option<i64>,
+        channel: &mut Channel<R, W>,
+    ) -> Result<(), Fatal> {
+        Replicator::end_batch(self, millis_behind_latest, channel)
+    }
+
     fn handle<R: Read, W: Write>(
         &mut self,
         message: DaemonMessage<'_>,
@@ -515,10 +551,8 @@ impl Handler for Replicator {
                 );
                 channel.status("initialize")
             }
-            DaemonMessage::ProcessRecords {
-                records,
-                millis_behind_latest,
-            } => self.process_records(&records, millis_behind_latest, channel),
+            // The session hands batches over through begin_batch, record, end_batch.
+            DaemonMessage::ProcessRecords { .. } => Ok(()),
             DaemonMessage::ShutdownRequested => self.shutdown_requested(channel),
             DaemonMessage::ShardEnded => self.shard_ended(channel, "shardEnded"),
             DaemonMessage::LeaseLost => self.lease_lost(channel, "leaseLost"),

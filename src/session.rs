@@ -11,7 +11,10 @@ use std::io::{self, Read, Write};
 use log::{debug, warn};
 
 use crate::checkpoint::Position;
-use crate::protocol::{parse_message, DaemonMessage, LineReader, ProtocolWriter, ReadLine};
+use crate::protocol::{
+    parse_batch_tail, parse_message, parse_record, ArrayItem, DaemonMessage, LineReader,
+    ProtocolWriter, ReadLine, Record, STREAMED_BATCH_PREFIX,
+};
 
 /// Why the processor must stop now. Each variant carries the one line that says so.
 #[derive(Debug)]
@@ -106,20 +109,54 @@ pub enum End {
 }
 
 /// What the processor does with each message. `Replicator` is the real one.
+///
+/// A `processRecords` batch arrives as `begin_batch`, one `record` per record, and
+/// `end_batch` (which answers it); every other message through `handle`.
 pub trait Handler {
     fn handle<R: Read, W: Write>(
         &mut self,
         message: DaemonMessage<'_>,
         channel: &mut Channel<R, W>,
     ) -> Result<(), Fatal>;
+
+    /// `streamed`: the batch is being read record by record, so until `end_batch` no
+    /// checkpoint may be requested (its reply would queue behind the rest of the line).
+    fn begin_batch(&mut self, streamed: bool);
+
+    fn record<R: Read, W: Write>(
+        &mut self,
+        record: &Record<'_>,
+        channel: &mut Channel<R, W>,
+    ) -> Result<(), Fatal>;
+
+    fn end_batch<R: Read, W: Write>(
+        &mut self,
+        millis_behind_latest: Option<i64>,
+        channel: &mut Channel<R, W>,
+    ) -> Result<(), Fatal>;
+}
+
+fn unreadable(e: impl fmt::Display) -> Fatal {
+    Fatal::Protocol(format!(
+        "unreadable message from the daemon, {e}; exiting without answering so that the daemon restarts the shard from its last checkpoint"
+    ))
+}
+
+fn cut_short(bytes: usize) -> Fatal {
+    Fatal::Protocol(format!(
+        "stdin closed in the middle of a message ({bytes} bytes without a line end): the daemon stopped while writing; nothing of that message was answered"
+    ))
 }
 
 /// Reads the daemon's messages and hands each to `handler` until stdin closes or a
 /// handler fails.
 pub struct Session<R, W: Write> {
-    /// The current action's line. Kept apart from the channel so that a message can borrow
-    /// from it while its handler reads checkpoint replies through the channel.
+    /// The current action's line (or, for a streamed batch, the current record). Kept apart
+    /// from the channel so that a message can borrow from it while its handler reads
+    /// checkpoint replies through the channel.
     line: Vec<u8>,
+    /// Where the end of a streamed batch is put back together to be parsed.
+    scratch: Vec<u8>,
     channel: Channel<R, W>,
 }
 
@@ -127,6 +164,7 @@ impl<R: Read, W: Write> Session<R, W> {
     pub fn new(input: R, output: W) -> Self {
         Session {
             line: Vec::with_capacity(1 << 16),
+            scratch: Vec::with_capacity(256),
             channel: Channel {
                 reader: LineReader::new(input),
                 writer: ProtocolWriter::new(output),
@@ -137,14 +175,18 @@ impl<R: Read, W: Write> Session<R, W> {
 
     pub fn run(&mut self, handler: &mut impl Handler) -> End {
         loop {
+            match self.channel.reader.next_starts_with(STREAMED_BATCH_PREFIX) {
+                Ok(true) => match self.stream_batch(handler) {
+                    Ok(()) => continue,
+                    Err(fatal) => return End::Fatal(fatal),
+                },
+                Ok(false) => {}
+                Err(e) => return End::Fatal(io_fatal("reading stdin", e)),
+            }
             match self.channel.reader.read_line(&mut self.line) {
                 Ok(ReadLine::Line) => {}
                 Ok(ReadLine::Eof) => return End::Eof,
-                Ok(ReadLine::EofInsideLine { bytes }) => {
-                    return End::Fatal(Fatal::Protocol(format!(
-                        "stdin closed in the middle of a message ({bytes} bytes without a line end): the daemon stopped while writing; nothing of that message was processed"
-                    )))
-                }
+                Ok(ReadLine::EofInsideLine { bytes }) => return End::Fatal(cut_short(bytes)),
                 Err(e) => return End::Fatal(io_fatal("reading stdin", e)),
             }
             // The daemon never sends empty lines, but its reader skips them too.
@@ -153,32 +195,89 @@ impl<R: Read, W: Write> Session<R, W> {
             }
             let message = match parse_message(&self.line) {
                 Ok(message) => message,
-                Err(e) => {
-                    return End::Fatal(Fatal::Protocol(format!(
-                        "unreadable message from the daemon, {e}; exiting without answering so that the daemon restarts the shard from its last checkpoint"
-                    )))
-                }
+                Err(e) => return End::Fatal(unreadable(e)),
             };
-            match &message {
+            let result = match message {
                 DaemonMessage::Checkpoint(reply) => {
                     // A reply with no request pending: nothing waits for it, so drop it.
                     warn!("ignoring a checkpoint reply that answers no request: {reply:?}");
-                    continue;
+                    Ok(())
                 }
                 DaemonMessage::Unknown { action } => {
                     // A newer daemon may add actions. Answering keeps the shard alive, and
                     // doing nothing else cannot lose a record: nothing is checkpointed.
                     warn!("unknown action {action:?} from the daemon; answering its status and doing nothing else");
-                    if let Err(fatal) = self.channel.status(action) {
-                        return End::Fatal(fatal);
-                    }
-                    continue;
+                    self.channel.status(&action)
                 }
-                _ => debug!("action {}", message.action()),
-            }
-            if let Err(fatal) = handler.handle(message, &mut self.channel) {
+                DaemonMessage::ProcessRecords {
+                    records,
+                    millis_behind_latest,
+                } => {
+                    debug!(
+                        "action processRecords ({} records, read whole)",
+                        records.len()
+                    );
+                    handler.begin_batch(false);
+                    records
+                        .iter()
+                        .try_for_each(|record| handler.record(record, &mut self.channel))
+                        .and_then(|()| handler.end_batch(millis_behind_latest, &mut self.channel))
+                }
+                other => {
+                    debug!("action {}", other.action());
+                    handler.handle(other, &mut self.channel)
+                }
+            };
+            if let Err(fatal) = result {
                 return End::Fatal(fatal);
             }
         }
+    }
+
+    /// Reads a `processRecords` line record by record, handing each to `handler` as soon
+    /// as it is read: memory stays at one record, whatever the batch.
+    fn stream_batch(&mut self, handler: &mut impl Handler) -> Result<(), Fatal> {
+        self.channel.reader.consume(STREAMED_BATCH_PREFIX.len());
+        let mut bytes = STREAMED_BATCH_PREFIX.len();
+        let mut count = 0usize;
+        handler.begin_batch(true);
+        loop {
+            match self
+                .channel
+                .reader
+                .next_array_object(&mut self.line)
+                .map_err(|e| io_fatal("reading stdin", e))?
+            {
+                ArrayItem::Object => {
+                    bytes += self.line.len();
+                    count += 1;
+                    let record = parse_record(&self.line).map_err(unreadable)?;
+                    handler.record(&record, &mut self.channel)?;
+                }
+                ArrayItem::End => break,
+                ArrayItem::Eof => return Err(cut_short(bytes + self.line.len())),
+                ArrayItem::Unexpected(byte) => {
+                    return Err(unreadable(format!(
+                        "byte {:?} where a record or the end of the records belongs",
+                        char::from(byte)
+                    )))
+                }
+            }
+        }
+        match self
+            .channel
+            .reader
+            .read_line(&mut self.line)
+            .map_err(|e| io_fatal("reading stdin", e))?
+        {
+            ReadLine::Line => {}
+            ReadLine::Eof | ReadLine::EofInsideLine { .. } => {
+                return Err(cut_short(bytes + self.line.len()))
+            }
+        }
+        let millis_behind_latest =
+            parse_batch_tail(&self.line, &mut self.scratch).map_err(unreadable)?;
+        debug!("action processRecords ({count} records, streamed)");
+        handler.end_batch(millis_behind_latest, &mut self.channel)
     }
 }
