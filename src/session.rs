@@ -234,6 +234,22 @@ impl<R: Read, W: Write> Session<R, W> {
         }
     }
 
+    /// A record Kafka refuses for good was found in the middle of a streamed batch. Reads
+    /// the rest of the line (the daemon answers nothing before it), then lets the handler
+    /// end the batch, which checkpoints up to the failed record and reports it.
+    fn fail_mid_batch(&mut self, handler: &mut impl Handler, fatal: Fatal) -> Fatal {
+        if !matches!(fatal, Fatal::Delivery(_)) {
+            return fatal;
+        }
+        match self.channel.reader.read_line(&mut self.line) {
+            Ok(ReadLine::Line) => match handler.end_batch(None, &mut self.channel) {
+                Err(reported) => reported,
+                Ok(()) => fatal,
+            },
+            _ => fatal,
+        }
+    }
+
     /// Reads a `processRecords` line record by record, handing each to `handler` as soon
     /// as it is read: memory stays at one record, whatever the batch.
     fn stream_batch(&mut self, handler: &mut impl Handler) -> Result<(), Fatal> {
@@ -252,7 +268,9 @@ impl<R: Read, W: Write> Session<R, W> {
                     bytes += self.line.len();
                     count += 1;
                     let record = parse_record(&self.line).map_err(unreadable)?;
-                    handler.record(&record, &mut self.channel)?;
+                    if let Err(fatal) = handler.record(&record, &mut self.channel) {
+                        return Err(self.fail_mid_batch(handler, fatal));
+                    }
                 }
                 ArrayItem::End => break,
                 ArrayItem::Eof => return Err(cut_short(bytes + self.line.len())),
