@@ -331,12 +331,7 @@ fn a_record_kafka_refuses_goes_to_the_dead_letter_topic_through_a_broker_outage(
     );
     let mut r = start_initialized(&config);
     r.process_records(&records(0, 5), Some(0));
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while r.last_checkpoint() != Some(records(4, 1)[0].ext_seq()) {
-        assert!(std::time::Instant::now() < deadline, "{}", r.dump());
-        thread::sleep(Duration::from_millis(100));
-        r.process_records(&[], Some(0));
-    }
+    drive_until_checkpointed(&mut r, &records(4, 1)[0].ext_seq(), Duration::from_secs(20));
     // The broker is away for a while, then refuses the record for good: the record must
     // wait for it, go to the dead-letter topic, and only then count as done.
     kafka.cluster.request_errors(
@@ -357,17 +352,8 @@ fn a_record_kafka_refuses_goes_to_the_dead_letter_topic_through_a_broker_outage(
         r.dump()
     );
     kafka.cluster.broker_up(1).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(45);
-    while r.last_checkpoint() != Some(refused.ext_seq()) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the dead letter was never acknowledged\n{}",
-            r.dump()
-        );
-        thread::sleep(Duration::from_millis(250));
-        r.process_records(&[], Some(0));
-    }
-    assert_eq!(r.last_checkpoint(), Some(refused.ext_seq()), "{}", r.dump());
+    // The dead letter must be acknowledged for the checkpoint to reach the record.
+    drive_until_checkpointed(&mut r, &refused.ext_seq(), Duration::from_secs(45));
     ends_at_shard_end(&mut r);
     let dead = read_topic(&kafka.bootstrap(), "target-dlq", 1, READ);
     assert_eq!(dead.len(), 1, "{dead:?}");
