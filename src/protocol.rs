@@ -669,6 +669,62 @@ mod tests {
         }
     }
 
+    /// Streamed and whole-line parsing agree on random batches whose keys are full of what
+    /// the boundary scan must get right (quotes, backslashes, braces, brackets, non-ASCII,
+    /// control characters), at every read size.
+    #[test]
+    fn streamed_and_whole_line_parsing_agree_on_random_batches() {
+        const ALPHABET: [&str; 12] = [
+            "a", "\"", "\\", "{", "}", "[", "]", ",", ":", "é", "🔑", "\n",
+        ];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move |bound: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % bound
+        };
+        for round in 0..40 {
+            let count = next(30) as usize;
+            let records: Vec<serde_json::Value> = (0..count)
+                .map(|i| {
+                    let key: String = (0..next(12)).map(|_| ALPHABET[next(12) as usize]).collect();
+                    serde_json::json!({
+                        "data": if next(5) == 0 { serde_json::Value::Null } else { "aGVsbG8=".into() },
+                        "partitionKey": key,
+                        "sequenceNumber": format!("{}", 1000 + i),
+                        "approximateArrivalTimestamp": 1_700_000_000_000u64 + i as u64,
+                        "subSequenceNumber": next(3),
+                        "action": "record",
+                    })
+                })
+                .collect();
+            // In the daemon's field order (serde_json's own map would sort the keys).
+            let mut line = STREAMED_BATCH_PREFIX.to_vec();
+            for (i, record) in records.iter().enumerate() {
+                if i > 0 {
+                    line.push(b',');
+                }
+                line.extend(serde_json::to_vec(record).unwrap());
+            }
+            line.extend(format!("],\"millisBehindLatest\":{round}}}").bytes());
+            let whole: Vec<Option<String>> = match parse_message(&line).unwrap() {
+                DaemonMessage::ProcessRecords { records, .. } => records
+                    .iter()
+                    .map(|r| r.partition_key.as_deref().map(str::to_owned))
+                    .collect(),
+                other => panic!("{other:?}"),
+            };
+            line.push(b'\n');
+            for chunk in [1, 5, 17, 256] {
+                let (streamed, tail) = stream(&line, chunk);
+                let streamed: Vec<Option<String>> = streamed.into_iter().map(Some).collect();
+                assert_eq!(streamed, whole, "round {round}, chunk {chunk}");
+                assert_eq!(tail, Ok(Some(round)), "round {round}, chunk {chunk}");
+            }
+        }
+    }
+
     #[test]
     fn a_streamed_batch_cut_short_or_malformed_is_reported() {
         let cut = br#"{"action":"processRecords","records":[{"data":"aGk=","partitionKey":"k""#;
