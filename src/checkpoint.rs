@@ -113,14 +113,13 @@ pub struct Frontier {
     changed: Condvar,
 }
 
-/// A snapshot for logs and decisions.
-#[derive(Debug, Clone)]
+/// What is in flight, for logs and for the conditions waited on. The frontier itself and
+/// a failure are read with [`Frontier::frontier`] and [`Frontier::failure`].
+#[derive(Debug, Clone, Copy)]
 pub struct FrontierState {
-    pub frontier: Option<Position>,
     pub in_flight_records: usize,
     pub in_flight_bytes: usize,
     pub acknowledged_messages: u64,
-    pub failure: Option<DeliveryFailure>,
 }
 
 impl Default for Frontier {
@@ -225,14 +224,7 @@ impl Frontier {
     }
 
     pub fn state(&self) -> FrontierState {
-        let inner = self.lock();
-        FrontierState {
-            frontier: inner.frontier.clone(),
-            in_flight_records: inner.slots.len(),
-            in_flight_bytes: inner.in_flight_bytes,
-            acknowledged_messages: inner.acknowledged_messages,
-            failure: inner.failure.clone(),
-        }
+        self.lock().state()
     }
 
     /// Records and payload bytes in flight: the cheap check made after every record.
@@ -259,14 +251,7 @@ impl Frontier {
         let deadline = Instant::now() + timeout;
         let mut inner = self.lock();
         loop {
-            let state = FrontierState {
-                frontier: None,
-                in_flight_records: inner.slots.len(),
-                in_flight_bytes: inner.in_flight_bytes,
-                acknowledged_messages: inner.acknowledged_messages,
-                failure: None,
-            };
-            if done(&state) {
+            if done(&inner.state()) {
                 return true;
             }
             if inner.failure.is_some() {
@@ -287,6 +272,14 @@ impl Frontier {
 }
 
 impl Inner {
+    fn state(&self) -> FrontierState {
+        FrontierState {
+            in_flight_records: self.slots.len(),
+            in_flight_bytes: self.in_flight_bytes,
+            acknowledged_messages: self.acknowledged_messages,
+        }
+    }
+
     /// Pops the finished prefix and moves the frontier to its last positioned record.
     fn advance(&mut self) {
         while let Some(slot) = self.slots.front() {

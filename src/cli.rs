@@ -141,10 +141,6 @@ fn check_config(path: Option<PathBuf>) -> i32 {
     if print_out(&format!("{shown}\n")) != EXIT_OK {
         return EXIT_FAILURE;
     }
-    if let Err(e) = crate::processing::ConfiguredStage::from_config(&config) {
-        log::error!("invalid processing configuration: {e:#}");
-        return EXIT_CONFIG;
-    }
     let mut topics = vec![config.kafka.topic.trim()];
     topics.extend(config.dead_letter_topic());
     for topic in topics {

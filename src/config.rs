@@ -10,7 +10,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 
@@ -868,11 +868,6 @@ impl Config {
         (self.log.summary_interval_seconds > 0.0)
             .then(|| Duration::from_secs_f64(self.log.summary_interval_seconds))
     }
-}
-
-/// Loads the configuration or explains in one line what is wrong with it.
-pub fn load_or_explain(path: &Path) -> Result<Config> {
-    Config::load(path).with_context(|| "invalid configuration".to_string())
 }
 
 #[cfg(test)]

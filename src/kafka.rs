@@ -37,11 +37,7 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// refused it for good and a dead-letter topic is configured).
 struct Returned {
     id: RecordId,
-    topic: String,
-    key: Option<Vec<u8>>,
-    value: Option<Vec<u8>>,
-    timestamp: Option<i64>,
-    headers: Option<OwnedHeaders>,
+    message: Refused,
     /// `Some(reason)`: dead-letter it; `None`: produce it again.
     dead_letter: Option<String>,
 }
@@ -105,11 +101,13 @@ impl ProducerContext for DeliveryContext {
         };
         let returned = Returned {
             id,
-            topic: message.topic().to_owned(),
-            key: message.key().map(<[u8]>::to_vec),
-            value: message.payload().map(<[u8]>::to_vec),
-            timestamp: message.timestamp().to_millis(),
-            headers: message.headers().map(|h| h.detach()),
+            message: Refused {
+                topic: message.topic().to_owned(),
+                key: message.key().map(<[u8]>::to_vec),
+                value: message.payload().map(<[u8]>::to_vec),
+                timestamp: message.timestamp().to_millis(),
+                headers: message.headers().map(|h| h.detach()),
+            },
             dead_letter,
         };
         if let Ok(mut list) = self.returned.lock() {
@@ -315,15 +313,7 @@ impl KafkaSink {
         let Some(dead_letter_topic) = self.producer.context().dead_letter_topic.clone() else {
             return Err(SendError(format!("no dead-letter topic for: {reason}")));
         };
-        let headers = kinesis_headers(record)
-            .insert(Header {
-                key: HEADER_DEAD_LETTER_ERROR,
-                value: Some(reason),
-            })
-            .insert(Header {
-                key: HEADER_DEAD_LETTER_SOURCE_TOPIC,
-                value: Some(self.default_topic.as_str()),
-            });
+        let headers = dead_letter_headers(kinesis_headers(record), reason, &self.default_topic);
         let outgoing = Outgoing {
             topic: &dead_letter_topic,
             key: record.partition_key.map(str::as_bytes),
@@ -368,15 +358,7 @@ impl KafkaSink {
                     });
             }
         }
-        let headers = headers
-            .insert(Header {
-                key: HEADER_DEAD_LETTER_ERROR,
-                value: Some(reason.as_str()),
-            })
-            .insert(Header {
-                key: HEADER_DEAD_LETTER_SOURCE_TOPIC,
-                value: Some(refused.topic.as_str()),
-            });
+        let headers = dead_letter_headers(headers, &reason, &refused.topic);
         warn!(
             "dead-lettering a message of {}: {reason}",
             position.map_or("a record without sequence number".to_owned(), |p| p
@@ -454,20 +436,15 @@ impl KafkaSink {
     }
 
     /// Produces again what the delivery thread handed back: timed-out messages to their
-    /// topic, refused ones to the dead-letter topic.
-    pub fn handle_returned(&mut self) -> Result<(), SendError> {
+    /// topic, refused ones to the dead-letter topic. What cannot be sent fails its record
+    /// in the frontier, where the session finds it.
+    pub fn handle_returned(&mut self) {
         let returned = match self.producer.context().returned.lock() {
             Ok(mut list) => std::mem::take(&mut *list),
-            Err(_) => return Ok(()),
+            Err(_) => return,
         };
         for r in returned {
-            let refused = Refused {
-                topic: r.topic,
-                key: r.key,
-                value: r.value,
-                timestamp: r.timestamp,
-                headers: r.headers,
-            };
+            let refused = r.message;
             let position = self.frontier.position(r.id);
             match r.dead_letter {
                 Some(reason) => {
@@ -496,7 +473,6 @@ impl KafkaSink {
                 }
             }
         }
-        Ok(())
     }
 
     pub fn dead_lettered(&self) -> u64 {
@@ -526,6 +502,19 @@ struct Outgoing<'a> {
     partition: Option<i32>,
     timestamp: Option<i64>,
     headers: Option<OwnedHeaders>,
+}
+
+/// The headers of a dead-lettered message: its own, plus why and where it was going.
+fn dead_letter_headers(headers: OwnedHeaders, reason: &str, source_topic: &str) -> OwnedHeaders {
+    headers
+        .insert(Header {
+            key: HEADER_DEAD_LETTER_ERROR,
+            value: Some(reason),
+        })
+        .insert(Header {
+            key: HEADER_DEAD_LETTER_SOURCE_TOPIC,
+            value: Some(source_topic),
+        })
 }
 
 /// A message librdkafka would not take, with what is needed to send it elsewhere.

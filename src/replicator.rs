@@ -160,9 +160,7 @@ impl Replicator {
                 |s| s.in_flight_records == 0,
             )?;
         }
-        if let Err(e) = self.sink.handle_returned() {
-            return Err(Fatal::Delivery(e.0));
-        }
+        self.sink.handle_returned();
         self.check_failure(channel, true)?;
         self.maybe_checkpoint(channel, false)?;
         self.maybe_log_summary();
@@ -269,9 +267,7 @@ impl Replicator {
                 return Ok(true);
             }
             self.check_failure(channel, true)?;
-            if let Err(e) = self.sink.handle_returned() {
-                return Err(Fatal::Delivery(e.0));
-            }
+            self.sink.handle_returned();
             if checkpoints == Checkpoints::Periodic {
                 self.maybe_checkpoint(channel, false)?;
             }

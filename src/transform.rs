@@ -127,10 +127,6 @@ impl Pipeline {
         Pipeline { stages }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.stages.is_empty()
-    }
-
     /// Fills `messages` (which must be empty) with the messages for `record`.
     pub fn apply<'a>(
         &mut self,
