@@ -28,7 +28,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked \
  && cp target/release/kinesis-kafka-replicator /kinesis-kafka-replicator
 
-# ---- 2. The KCL MultiLangDaemon jars (the set amazon-kclpy 3.2.0 ships) --------------------
+# ---- 2. The KCL MultiLangDaemon jars (the set amazon-kclpy 3.1.3 ships) --------------------
 FROM maven:3.9-eclipse-temurin-21 AS jars
 WORKDIR /jars
 COPY jars/pom.xml ./pom.xml

@@ -791,7 +791,7 @@ impl Scratch {
         fs::create_dir_all(dir.join("jars")).unwrap();
         // The stand-in only checks that KCL_JARS_DIR has jars; run.sh then skips Maven.
         fs::write(
-            dir.join("jars/amazon-kinesis-client-multilang-3.5.3.jar"),
+            dir.join("jars/amazon-kinesis-client-multilang-3.1.3.jar"),
             b"",
         )
         .unwrap();
