@@ -92,13 +92,19 @@ class Service:
             return None
 
     def stop(self, grace: float = 15.0) -> None:
-        """SIGTERM to the whole group, then SIGKILL after `grace` seconds."""
+        """SIGTERM to the main process only, as `docker stop` sends it (so a daemon can shut
+        its children down in order), then SIGKILL to the whole group after `grace` seconds."""
         if self in Service._live:
             Service._live.remove(self)
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
             try:
-                os.killpg(self.proc.pid, sig)
+                if sig == signal.SIGTERM:
+                    os.kill(self.proc.pid, sig)
+                else:
+                    os.killpg(self.proc.pid, sig)
             except ProcessLookupError:
+                if sig == signal.SIGTERM:
+                    continue
                 break
             deadline = time.monotonic() + wait
             while time.monotonic() < deadline and _group_alive(self.proc.pid):

@@ -49,6 +49,10 @@ class Writer:
         if self._thread:
             self._thread.join(60)
 
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def wait(self, timeout: float | None = None) -> None:
         if self._thread:
             self._thread.join(timeout)
