@@ -48,8 +48,8 @@ WORKDIR /app
 COPY --from=build /kinesis-kafka-replicator /app/kinesis-kafka-replicator
 COPY --from=jars /jars/*.jar /app/jars/
 COPY jars/pom.xml /app/jars/pom.xml
-COPY config/ /app/config/
-COPY run.sh /app/run.sh
+# run.sh finds its templates beside itself.
+COPY run.sh kcl.properties.template logback.xml.template replicator.template /app/
 # Fail the build, not the first start, if the binary cannot load its libraries.
 RUN chmod 0755 /app/run.sh /app/kinesis-kafka-replicator \
  && /app/kinesis-kafka-replicator --version

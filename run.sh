@@ -5,11 +5,15 @@
 # It checks the environment, renders the daemon's properties, lets the processor check its
 # own configuration and Kafka, finds (or fetches) the KCL jars, then replaces itself with
 # the Java daemon, which starts one processor per shard lease. Run `run.sh --help`.
+# `run.sh --local` instead runs the whole pipeline on this machine (scripts/local/quickstart.sh).
 #
 # Secrets (KAFKA_SASL_PASSWORD, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, ...) are never
 # printed and never written to disk: the processor reads them from its environment.
 
 set -Eeuo pipefail
+# --local hands over to the quickstart with the caller's umask, not this one.
+ORIGINAL_UMASK=$(umask)
+readonly ORIGINAL_UMASK
 umask 077
 
 readonly PROG=run.sh
@@ -27,6 +31,7 @@ readonly EXIT_RUNTIME=3  # a piece of the runtime is missing: binary, jars, java
 usage() {
     cat <<'EOF'
 Usage: run.sh [--dry-run]
+       run.sh --local [--for SECONDS] [more quickstart options]
 
 Starts kinesis-kafka-replicator under the KCL MultiLangDaemon, configured entirely from
 environment variables (the Python replicator's env file works unchanged):
@@ -41,14 +46,21 @@ environment variables (the Python replicator's env file works unchanged):
             template), KCL_JARS_DIR (the daemon's jars), KCL_LOGBACK_CONFIG, JAVA_HOME,
             JAVA_OPTS, REPLICATOR_WORK_DIR (where rendered files go)
 
-Steps: check the variables, render config/kcl.properties.template and
-config/logback.xml.template, run `kinesis-kafka-replicator --check-config` (Kafka reachable,
-topic exists), find the jars in KCL_JARS_DIR or jars/ (fetching them with Maven from
-jars/pom.xml when there are none), then exec the Java MultiLangDaemon.
+Steps: check the variables, render kcl.properties.template and logback.xml.template
+(beside run.sh), run `kinesis-kafka-replicator --check-config` (Kafka reachable, topic
+exists), find the jars in KCL_JARS_DIR or jars/ (fetching them with Maven from jars/pom.xml
+when there are none), then exec the Java MultiLangDaemon.
 
-  --dry-run   do everything except fetching jars and starting Java; print the rendered
-              properties (secrets redacted) and the command that would run
-  -h, --help  this text
+  --dry-run      print the rendered properties (secrets redacted) as soon as they are
+                 rendered, then do every check except fetching jars, and print the
+                 command that would run; Java is not started
+  --local        runs the whole pipeline on this machine: the KCL daemon, Kinesis and
+                 DynamoDB emulators, Apache Kafka; see README. Needs none of the variables
+                 above; every other argument goes to scripts/local/quickstart.sh
+                 (run.sh --local --help lists its options)
+  --for N        with --local: put records for N seconds, wait until they reached Kafka,
+                 then stop everything (exit 0 only when no record is missing)
+  -h, --help     this text
 
 Exit codes: 0 ok (dry run), 1 Kafka check failed, 2 missing or invalid settings,
 3 binary, jars or java missing. See docs/deployment.md for every variable.
@@ -67,10 +79,26 @@ die() {
     exit "$code"
 }
 
+# --local: the quickstart takes every other argument (its own --for, --help, ...) and needs
+# none of the variables checked below.
+for arg in "$@"; do
+    if [[ $arg == --local ]]; then
+        quickstart_args=()
+        for other in "$@"; do
+            [[ $other == --local ]] || quickstart_args+=("$other")
+        done
+        quickstart=$SCRIPT_DIR/scripts/local/quickstart.sh
+        [[ -r $quickstart ]] || die "$EXIT_RUNTIME" "--local needs $quickstart, which is missing; run run.sh --local from a checkout of the repository."
+        umask "$ORIGINAL_UMASK"
+        exec bash "$quickstart" "${quickstart_args[@]}"
+    fi
+done
+
 DRY_RUN=0
 while (($#)); do
     case $1 in
         --dry-run) DRY_RUN=1 ;;
+        --for) die "$EXIT_CONFIG" "--for goes with --local: run.sh --local --for SECONDS (run.sh --help lists the options)" ;;
         -h | --help) usage; exit 0 ;;
         *) die "$EXIT_CONFIG" "unknown argument '$1' (run.sh --help lists the options)" ;;
     esac
@@ -301,10 +329,10 @@ if [[ -z $replicator_bin || ! -f $replicator_bin || ! -x $replicator_bin ]]; the
 fi
 replicator_bin=$(absolute "$replicator_bin")
 
-replicator_config=$(absolute "${REPLICATOR_CONFIG:-$SCRIPT_DIR/config/replicator.template}")
+replicator_config=$(absolute "${REPLICATOR_CONFIG:-$SCRIPT_DIR/replicator.template}")
 if [[ ! -r $replicator_config ]]; then
     die "$EXIT_RUNTIME" "cannot read the processor config '$replicator_config'." \
-        "Set REPLICATOR_CONFIG to the JSON config template, or run from a checkout that has config/replicator.template."
+        "Set REPLICATOR_CONFIG to the JSON config template, or keep replicator.template beside run.sh."
 fi
 for path in "$replicator_bin" "$replicator_config"; do
     if [[ $path == *" "* ]]; then
@@ -379,8 +407,8 @@ apply_overrides() {
     done
 }
 
-for template in "$SCRIPT_DIR/config/kcl.properties.template" "$SCRIPT_DIR/config/logback.xml.template"; do
-    [[ -r $template ]] || die "$EXIT_RUNTIME" "missing template '$template'; run.sh must stay next to its config/ directory."
+for template in "$SCRIPT_DIR/kcl.properties.template" "$SCRIPT_DIR/logback.xml.template"; do
+    [[ -r $template ]] || die "$EXIT_RUNTIME" "missing template '$template'; run.sh must stay beside kcl.properties.template and logback.xml.template."
 done
 
 if [[ -n "${REPLICATOR_WORK_DIR:-}" ]]; then
@@ -391,19 +419,20 @@ else
         die "$EXIT_RUNTIME" "cannot create a work directory under ${TMPDIR:-/tmp}; set REPLICATOR_WORK_DIR"
 fi
 kcl_properties=$work_dir/kcl.properties
-render "$SCRIPT_DIR/config/kcl.properties.template" escape_properties | apply_overrides >"$kcl_properties"
+render "$SCRIPT_DIR/kcl.properties.template" escape_properties | apply_overrides >"$kcl_properties"
 
 if [[ -n "${KCL_LOGBACK_CONFIG:-}" ]]; then
     logback_config=$(absolute "$KCL_LOGBACK_CONFIG")
     [[ -r $logback_config ]] || die "$EXIT_RUNTIME" "cannot read KCL_LOGBACK_CONFIG '$logback_config'"
 else
     logback_config=$work_dir/logback.xml
-    render "$SCRIPT_DIR/config/logback.xml.template" escape_none >"$logback_config"
+    render "$SCRIPT_DIR/logback.xml.template" escape_none >"$logback_config"
 fi
 log "rendered $kcl_properties and $logback_config"
 
 # Prints stdin with secrets replaced: values of secret-looking keys, the arguments of
-# credentials providers, and the literal value of any secret environment variable.
+# credentials providers, secret-looking -D system properties (JAVA_OPTS), and the literal
+# value of any secret environment variable.
 redact() {
     local line name secrets=()
     for name in KAFKA_SASL_PASSWORD AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN AWS_SECURITY_TOKEN; do
@@ -422,12 +451,26 @@ redact() {
                 line="$head$(sed -E 's/\|[^,]*/|<redacted>/g' <<<"$value")"
             fi
         fi
+        # A secret-looking system property on the Java command line (from JAVA_OPTS).
+        if [[ ${line,,} =~ -d[^=[:space:]]*(secret|password|passwd|token|accesskey)[^=[:space:]]*= ]]; then
+            line=$(sed -E 's/(-D[^=[:space:]]*(secret|password|passwd|token|accesskey)[^=[:space:]]*=)[^[:space:]]*/\1<redacted>/Ig' <<<"$line")
+        fi
         for secret in "${secrets[@]}"; do
             line=${line//"$secret"/<redacted>}
         done
         printf '%s\n' "$line"
     done
 }
+
+# A dry run shows the properties now, before the Kafka check: they are worth seeing also
+# where Kafka cannot be reached (the check below still fails the run then).
+if ((DRY_RUN)); then
+    {
+        printf '# Dry run: rendered %s (secrets redacted):\n' "$kcl_properties"
+        grep -Ev '^[[:space:]]*(#|$)' "$kcl_properties" || true
+        printf '\n'
+    } | redact
+fi
 
 # ------------------------------------------------------------------------------------------
 # 5. Let the processor check its config and Kafka before the daemon starts any shard:
@@ -513,9 +556,7 @@ java_cmd=("$java_bin" -Dfile.encoding=UTF-8 "${java_opts[@]}" -cp "$jars_dir/*"
 
 if ((DRY_RUN)); then
     {
-        printf '# Dry run: nothing was started. Rendered %s (secrets redacted):\n' "$kcl_properties"
-        grep -Ev '^[[:space:]]*(#|$)' "$kcl_properties" || true
-        printf '\n# The daemon would run:\n'
+        printf '\n# Dry run: nothing was started. The daemon would run:\n'
         printf '%q ' "${java_cmd[@]}"
         printf '\n'
     } | redact

@@ -26,6 +26,7 @@ USAGE:
 OPTIONS:
     --config PATH     the JSON configuration; ${{VAR}} and ${{VAR:-default}} are expanded
                       from the environment. Default: ${env} if set, else {default}
+                      in the working directory
     --check-config    validate the configuration, print it with secrets redacted, connect
                       to Kafka (at most {timeout} s) and check that the topic exists.
                       Exit 0 when all is well, 1 when Kafka or the topic is not right,

@@ -14,8 +14,9 @@ use anyhow::{anyhow, bail, Result};
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 
-/// Where the configuration is read from when `--config` is not given.
-pub const DEFAULT_CONFIG_PATH: &str = "config/replicator.template";
+/// Where the configuration is read from when neither `--config` nor `$REPLICATOR_CONFIG`
+/// is given: relative to the working directory (run.sh passes an absolute `--config`).
+pub const DEFAULT_CONFIG_PATH: &str = "replicator.template";
 /// Overrides [`DEFAULT_CONFIG_PATH`].
 pub const CONFIG_PATH_ENV: &str = "REPLICATOR_CONFIG";
 
@@ -883,7 +884,7 @@ mod tests {
         }
     }
 
-    const TEMPLATE: &str = include_str!("../config/replicator.template");
+    const TEMPLATE: &str = include_str!("../replicator.template");
 
     #[test]
     fn expansion_escapes_values_for_json() {

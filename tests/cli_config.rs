@@ -18,7 +18,7 @@ const EXIT: Duration = Duration::from_secs(20);
 
 /// The repository's own template, which run.sh renders.
 fn repo_template() -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/replicator.template");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("replicator.template");
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -316,9 +316,22 @@ fn missing_config_file_is_a_configuration_error_naming_the_path() {
 #[test]
 fn config_path_defaults_to_replicator_config_env_then_the_working_directory_template() {
     let kafka = Kafka::start(1, "from-env-path", 1);
+    kafka
+        .cluster
+        .create_topic("from-working-directory", 1, 1)
+        .expect("create the second topic");
     let config = write_config(&base_config(&kafka.bootstrap(), "from-env-path"));
-    let elsewhere = TempDir::new();
-    let mut command = clean_command(elsewhere.path());
+    // The working directory holds a replicator.template of its own.
+    let cwd = TempDir::new();
+    std::fs::write(
+        cwd.path().join("replicator.template"),
+        serde_json::to_string(&base_config(&kafka.bootstrap(), "from-working-directory"))
+            .expect("json"),
+    )
+    .expect("write");
+
+    // $REPLICATOR_CONFIG wins over the working directory's template.
+    let mut command = clean_command(cwd.path());
     command
         .arg("--check-config")
         .env("REPLICATOR_CONFIG", &config.path);
@@ -329,16 +342,13 @@ fn config_path_defaults_to_replicator_config_env_then_the_working_directory_temp
         json!("from-env-path")
     );
 
-    // No --config, no REPLICATOR_CONFIG: config/replicator.template in the working directory.
-    let cwd = TempDir::new();
-    std::fs::create_dir_all(cwd.path().join("config")).expect("mkdir");
-    std::fs::write(
-        cwd.path().join("config/replicator.template"),
-        serde_json::to_string(&base_config(&kafka.bootstrap(), "from-env-path")).expect("json"),
-    )
-    .expect("write");
+    // No --config, no REPLICATOR_CONFIG: replicator.template in the working directory.
     let mut command = clean_command(cwd.path());
     command.arg("--check-config");
     let out = run(command, RUN);
     assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(
+        printed_config(&out)["kafka"]["topic"],
+        json!("from-working-directory")
+    );
 }
