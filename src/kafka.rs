@@ -120,19 +120,45 @@ impl ProducerContext for DeliveryContext {
 /// The last error librdkafka reported for the client as a whole (a refused password, all
 /// brokers down), so that a stalled producer or a failed check can say why.
 #[derive(Default)]
-struct LastError(Mutex<Option<String>>);
+struct LastError(Mutex<Option<ClientError>>);
+
+struct ClientError {
+    authentication: bool,
+    reason: String,
+}
 
 impl LastError {
     fn record(&self, error: &KafkaError, reason: &str) {
         // librdkafka has already logged it through `log`.
         debug!(target: "librdkafka", "{error}: {reason}");
+        let authentication = error.rdkafka_error_code() == Some(RDKafkaErrorCode::Authentication);
         if let Ok(mut last) = self.0.lock() {
-            *last = Some(reason.to_owned());
+            // A refused password is the cause of every "all brokers are down" that follows
+            // it (librdkafka drops the connection and reports that next): keep the cause.
+            let keep_cause = !authentication && last.as_ref().is_some_and(|l| l.authentication);
+            if !keep_cause {
+                *last = Some(ClientError {
+                    authentication,
+                    reason: reason.to_owned(),
+                });
+            }
         }
     }
 
     fn get(&self) -> Option<String> {
-        self.0.lock().ok().and_then(|last| last.clone())
+        self.0
+            .lock()
+            .ok()
+            .and_then(|last| last.as_ref().map(|l| l.reason.clone()))
+    }
+
+    /// The broker's refusal of the SASL credentials, if that is what happened.
+    fn authentication(&self) -> Option<String> {
+        self.0.lock().ok().and_then(|last| {
+            last.as_ref()
+                .filter(|l| l.authentication)
+                .map(|l| l.reason.clone())
+        })
     }
 }
 
@@ -644,6 +670,13 @@ pub fn check_topic(config: &Config, topic: &str, timeout: Duration) -> Result<To
             .client()
             .fetch_metadata(None, Duration::from_secs(1).min(timeout));
         producer.poll(Duration::ZERO);
+        // Wrong credentials never fix themselves: say so at once, not after the timeout
+        // as "cannot reach Kafka".
+        if let Some(reason) = producer.context().last_error.authentication() {
+            return Err(anyhow!(
+                "Kafka at {servers} refused the SASL credentials ({reason}); check KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD and KAFKA_SASL_MECHANISM"
+            ));
+        }
         match attempt {
             Err(_) if Instant::now() < deadline => continue,
             other => break other,
