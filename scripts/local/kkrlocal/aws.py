@@ -14,11 +14,13 @@ from .env import AWS_ENV, REPO, Service, free_port, wait_for_port
 LOOPBACK_ONLY = REPO / "scripts" / "local" / "loopback-only.js"
 
 
-def _client(service: str, endpoint: str):
+def _client(service: str, endpoint: str, region: str | None = None):
+    """A boto3 client for an emulator. Both emulators keep a namespace per region (the one
+    a request is signed for): a stream or table made in one region is absent from others."""
     return boto3.client(
         service,
         endpoint_url=endpoint,
-        region_name=AWS_ENV["AWS_REGION"],
+        region_name=region or AWS_ENV["AWS_REGION"],
         aws_access_key_id=AWS_ENV["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=AWS_ENV["AWS_SECRET_ACCESS_KEY"],
         config=Config(retries={"max_attempts": 10, "mode": "standard"}, connect_timeout=5, read_timeout=30),
@@ -54,15 +56,25 @@ class KinesisLocal:
         )
         wait_for_port(self.port, time.monotonic() + 60, self.service.proc, "kinesis-local")
         self.client = _client("kinesis", self.endpoint)
+        self._clients = {AWS_ENV["AWS_REGION"]: self.client}
 
-    def create_stream(self, name: str, shards: int) -> None:
-        self.client.create_stream(StreamName=name, ShardCount=shards)
-        self.wait_active(name)
+    def client_for(self, region: str | None = None):
+        """The client for `region` (default: AWS_ENV's). kinesis-local keeps streams per
+        region, so a daemon with KCL_REGION=eu-west-1 sees only streams made there."""
+        region = region or AWS_ENV["AWS_REGION"]
+        if region not in self._clients:
+            self._clients[region] = _client("kinesis", self.endpoint, region)
+        return self._clients[region]
 
-    def wait_active(self, name: str, timeout: float = 30) -> None:
+    def create_stream(self, name: str, shards: int, region: str | None = None) -> None:
+        self.client_for(region).create_stream(StreamName=name, ShardCount=shards)
+        self.wait_active(name, region=region)
+
+    def wait_active(self, name: str, timeout: float = 30, region: str | None = None) -> None:
+        client = self.client_for(region)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            summary = self.client.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]
+            summary = client.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]
             if summary["StreamStatus"] == "ACTIVE":
                 return
             time.sleep(0.1)
@@ -111,13 +123,23 @@ class Moto:
         )
         wait_for_port(self.port, time.monotonic() + 60, self.service.proc, "moto")
         self.dynamodb = _client("dynamodb", self.endpoint)
+        self._clients = {AWS_ENV["AWS_REGION"]: self.dynamodb}
 
-    def leases(self, table: str) -> dict[str, dict]:
-        """The lease table: shard id -> {checkpoint, subSequence, owner, counter}; {} before it exists."""
+    def client_for(self, region: str | None = None):
+        """The DynamoDB client for `region` (default: AWS_ENV's); moto keeps tables per region."""
+        region = region or AWS_ENV["AWS_REGION"]
+        if region not in self._clients:
+            self._clients[region] = _client("dynamodb", self.endpoint, region)
+        return self._clients[region]
+
+    def leases(self, table: str, region: str | None = None) -> dict[str, dict]:
+        """The lease table: shard id -> {checkpoint, subSequence, owner, counter}; {} before it
+        exists. `region`: the daemon's KCL_REGION, when it is not AWS_ENV's."""
+        dynamodb = self.client_for(region)
         try:
-            pages = self.dynamodb.get_paginator("scan").paginate(TableName=table, ConsistentRead=True)
+            pages = dynamodb.get_paginator("scan").paginate(TableName=table, ConsistentRead=True)
             items = [item for page in pages for item in page["Items"]]
-        except self.dynamodb.exceptions.ResourceNotFoundException:
+        except dynamodb.exceptions.ResourceNotFoundException:
             return {}
         out = {}
         for item in items:

@@ -56,12 +56,13 @@ class Stack:
         self.replicators.append(replicator)
         return replicator
 
-    def wait_for_leases(self, application: str, shards: int, owners: int = 1, timeout: float = 120) -> dict[str, dict]:
-        """Waits until `shards` leases are held, by at least `owners` distinct workers."""
+    def wait_for_leases(self, application: str, shards: int, owners: int = 1, timeout: float = 120, region: str | None = None) -> dict[str, dict]:
+        """Waits until `shards` leases are held, by at least `owners` distinct workers.
+        `region`: the daemons' KCL_REGION, when it is not AWS_ENV's (moto keeps tables per region)."""
         deadline = time.monotonic() + timeout
         leases: dict[str, dict] = {}
         while time.monotonic() < deadline:
-            leases = self.moto.leases(application)
+            leases = self.moto.leases(application, region)
             held = [lease for lease in leases.values() if lease["owner"] and lease["checkpoint"] != "SHARD_END"]
             if len(held) >= shards and len({lease["owner"] for lease in held}) >= owners:
                 return leases
