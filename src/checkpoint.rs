@@ -192,6 +192,26 @@ impl Frontier {
         }
     }
 
+    /// Nothing in flight will ever be delivered (the producer hit a fatal error and purged
+    /// its queue): the oldest record in flight fails, so the frontier stops before it and
+    /// every wait ends. With nothing in flight the failure stands alone, and the next
+    /// check ends the child all the same.
+    pub fn fail_in_flight(&self, reason: String) {
+        let mut inner = self.lock();
+        let position = inner.slots.front_mut().map(|slot| {
+            slot.failed = true;
+            slot.position.clone()
+        });
+        if inner.failure.is_none() {
+            inner.failure = Some(DeliveryFailure {
+                position: position.flatten(),
+                reason,
+            });
+        }
+        drop(inner);
+        self.changed.notify_all();
+    }
+
     /// Record `id` will never be delivered. The frontier stops before it for good.
     pub fn fail(&self, id: RecordId, reason: String) {
         let mut inner = self.lock();
@@ -228,9 +248,15 @@ impl Frontier {
     }
 
     /// Records and payload bytes in flight: the cheap check made after every record.
-    pub fn in_flight(&self) -> (usize, usize) {
+    /// Records and bytes in flight, and whether a delivery failure is recorded: what the
+    /// reader checks after every record, under one lock.
+    pub fn in_flight(&self) -> (usize, usize, bool) {
         let inner = self.lock();
-        (inner.slots.len(), inner.in_flight_bytes)
+        (
+            inner.slots.len(),
+            inner.in_flight_bytes,
+            inner.failure.is_some(),
+        )
     }
 
     pub fn frontier(&self) -> Option<Position> {

@@ -107,12 +107,30 @@ pub struct RecordsConfig {
     /// Add the `kinesis.*` headers (shard, sequence, sub-sequence, arrival time).
     #[serde(default = "yes", deserialize_with = "boolean")]
     pub headers: bool,
+    /// Which time a message carries as its Kafka timestamp.
+    #[serde(default)]
+    pub timestamp: TimestampSource,
 }
 
 impl Default for RecordsConfig {
     fn default() -> Self {
-        RecordsConfig { headers: true }
+        RecordsConfig {
+            headers: true,
+            timestamp: TimestampSource::default(),
+        }
     }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimestampSource {
+    /// The record's approximate arrival time in Kinesis (a CloudWatch Logs event's own
+    /// time): consumers see when the data happened.
+    #[default]
+    Arrival,
+    /// The time the replicator produces it: retention and timestamp checks on the broker
+    /// count from the replication, so an old backlog is neither deleted at once nor refused.
+    Produce,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -515,6 +533,9 @@ fn string_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String
 /// The security protocols librdkafka knows, as written in `KAFKA_SECURITY_PROTOCOL`.
 const SECURITY_PROTOCOLS: [&str; 4] = ["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"];
 const SASL_MECHANISMS: [&str; 3] = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
+/// librdkafka settings that make it give up on a message after a while (`delivery.timeout.ms`
+/// is an alias of `message.timeout.ms`); only 0, never, is accepted.
+const DELIVERY_TIMEOUTS: [&str; 2] = ["message.timeout.ms", "delivery.timeout.ms"];
 
 /// Property names whose values are never printed.
 fn is_secret_property(key: &str) -> bool {
@@ -694,6 +715,14 @@ impl Config {
                 "kafka.ssl_ca_location {} is not a readable file; check KAFKA_SSL_CA_LOCATION",
                 k.ssl_ca_location
             );
+        }
+        for (key, value) in &k.properties {
+            let finite = value.trim().parse::<u64>().map_or(true, |ms| ms > 0);
+            if DELIVERY_TIMEOUTS.contains(&key.as_str()) && finite {
+                bail!(
+                    "kafka.properties {key} = {value} is refused: a finite delivery timeout makes librdkafka give up on messages while Kafka is unreachable, and producing them again would put them behind later records of their key; remove it (the replicator never gives up on a message and holds the shard until Kafka is back)"
+                );
+            }
         }
         if self.checkpoint.retries == 0 {
             bail!(
@@ -985,6 +1014,18 @@ mod tests {
     }
 
     #[test]
+    fn an_infinite_delivery_timeout_may_be_spelled_out() {
+        let config = Config::from_template(
+            r#"{"kafka":{"bootstrap_servers":"b:1","topic":"t","properties":{"message.timeout.ms":"0","delivery.timeout.ms":0}}}"#,
+            env(&[]),
+        )
+        .unwrap();
+        assert!(config
+            .producer_properties()
+            .contains(&("message.timeout.ms".into(), "0".into())));
+    }
+
+    #[test]
     fn raw_properties_override_and_secrets_are_redacted() {
         let config = Config::from_template(
             r#"{"kafka":{"bootstrap_servers":"b:1","topic":"t","properties":{"linger.ms":20,"ssl.key.password":"s3cret","acks":"1"}}}"#,
@@ -1001,6 +1042,14 @@ mod tests {
     #[test]
     fn bad_settings_are_named() {
         let cases = [
+            (
+                r#"{"kafka":{"bootstrap_servers":"b:1","topic":"t","properties":{"message.timeout.ms":"30000"}}}"#,
+                "message.timeout.ms = 30000 is refused",
+            ),
+            (
+                r#"{"kafka":{"bootstrap_servers":"b:1","topic":"t","properties":{"delivery.timeout.ms":120000}}}"#,
+                "delivery.timeout.ms = 120000 is refused",
+            ),
             (
                 r#"{"kafka":{"bootstrap_servers":"b:1","topic":"t","securityprotocol":"SSL"}}"#,
                 "securityprotocol",

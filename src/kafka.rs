@@ -20,7 +20,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext, Thr
 use rdkafka::ClientContext;
 
 use crate::checkpoint::{Frontier, Position, RecordId};
-use crate::config::{Config, PartitionStrategy};
+use crate::config::{Config, PartitionStrategy, TimestampSource};
 use crate::transform::{
     KafkaMessage, KinesisRecord, HEADER_ARRIVAL_TIMESTAMP, HEADER_SEQUENCE_NUMBER, HEADER_SHARD_ID,
     HEADER_SUB_SEQUENCE_NUMBER,
@@ -32,14 +32,12 @@ pub const HEADER_DEAD_LETTER_SOURCE_TOPIC: &str = "dlq.source.topic";
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A message handed back by the delivery thread: to produce again (librdkafka timed it
-/// out, only possible with a finite `message.timeout.ms`), or to dead-letter (Kafka
-/// refused it for good and a dead-letter topic is configured).
+/// A message handed back by the delivery thread to be dead-lettered: Kafka refused it for
+/// good and a dead-letter topic is configured.
 struct Returned {
     id: RecordId,
     message: Refused,
-    /// `Some(reason)`: dead-letter it; `None`: produce it again.
-    dead_letter: Option<String>,
+    reason: String,
 }
 
 /// Receives delivery reports on librdkafka's thread.
@@ -75,30 +73,33 @@ impl ProducerContext for DeliveryContext {
             }
             Err((error, message)) => (error, message),
         };
-        let dead_letter = match error.rdkafka_error_code() {
+        let reason = match error.rdkafka_error_code() {
             // Only at exit, when the producer is dropped: these records stay behind the
             // checkpoint and will be read again.
             Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight) => return,
+            // Cannot happen with the timeouts configuration allows (none). Producing it
+            // again would put it behind later records of its key, so it fails instead:
+            // nothing passes it, and the daemon replays it in order.
             Some(RDKafkaErrorCode::MessageTimedOut) => {
-                warn!(
-                    "a message to {} timed out after message.timeout.ms; producing it again",
-                    message.topic()
+                self.frontier.fail(
+                    id,
+                    format!(
+                        "librdkafka gave up on a message to {} (message.timeout.ms)",
+                        message.topic()
+                    ),
                 );
-                None
+                return;
             }
-            _ => {
-                let reason = format!(
-                    "Kafka refused the message for topic {} partition {}: {error}",
-                    message.topic(),
-                    message.partition()
-                );
-                if self.dead_letter_topic.is_none() || self.is_dead_letter_topic(message.topic()) {
-                    self.frontier.fail(id, reason);
-                    return;
-                }
-                Some(reason)
-            }
+            _ => format!(
+                "Kafka refused the message for topic {} partition {}: {error}",
+                message.topic(),
+                message.partition()
+            ),
         };
+        if self.dead_letter_topic.is_none() || self.is_dead_letter_topic(message.topic()) {
+            self.frontier.fail(id, reason);
+            return;
+        }
         let returned = Returned {
             id,
             message: Refused {
@@ -108,7 +109,7 @@ impl ProducerContext for DeliveryContext {
                 timestamp: message.timestamp().to_millis(),
                 headers: message.headers().map(|h| h.detach()),
             },
-            dead_letter,
+            reason,
         };
         if let Ok(mut list) = self.returned.lock() {
             list.push(returned);
@@ -193,6 +194,8 @@ pub struct KafkaSink {
     frontier: Arc<Frontier>,
     default_topic: String,
     kinesis_headers: bool,
+    /// The record's arrival time as the message timestamp (else the produce time).
+    arrival_timestamps: bool,
     by_shard: bool,
     shard_id: String,
     /// The shard's ordinal (the number in `shardId-000000000007`), for partitioning by shard.
@@ -219,6 +222,7 @@ impl KafkaSink {
             frontier,
             default_topic: config.kafka.topic.trim().to_owned(),
             kinesis_headers: config.records.headers,
+            arrival_timestamps: config.records.timestamp == TimestampSource::Arrival,
             by_shard: config.processing.partition.by == PartitionStrategy::Shard,
             shard_id: String::new(),
             shard_ordinal: 0,
@@ -236,7 +240,7 @@ impl KafkaSink {
         }
         let topic = self.default_topic.clone();
         match self.partition_count(&topic) {
-            Some(partitions) => {
+            Ok(Some(partitions)) => {
                 let partition = self.shard_ordinal % partitions as u64;
                 info!("partitioning by shard: {shard_id} writes to partition {partition} of the {partitions} of {topic}");
                 match number_of_shards {
@@ -249,46 +253,52 @@ impl KafkaSink {
                     _ => {}
                 }
             }
-            None => warn!("partitioning by shard: the partition count of {topic} is not known yet; it is looked up again at the first record"),
+            Ok(None) => warn!("partitioning by shard: {topic} has no partitions (does it exist?); it is looked up again at the first record"),
+            Err(e) => warn!("partitioning by shard: cannot read the partition count of {topic} yet ({e}); the first record waits for it"),
         }
     }
 
-    /// The partition of this shard in `topic` (`None`: the default topic).
+    /// The partition of this shard in `topic` (`None`: the default topic). Waits while Kafka
+    /// cannot say how many partitions the topic has: falling back to the key's partition
+    /// would break the shard's order, and waiting holds the shard (backpressure). `None`
+    /// only when the broker answers that the topic does not exist: producing to it then
+    /// fails as for any unknown topic.
     fn shard_partition(&mut self, topic: Option<&str>) -> Option<i32> {
-        let name = topic.unwrap_or(&self.default_topic);
-        let count = match self.partition_counts.get(name) {
-            Some(count) => *count,
-            None => {
-                let name = name.to_owned();
-                self.partition_count(&name)?
+        let name = topic.unwrap_or(&self.default_topic).to_owned();
+        let started = Instant::now();
+        let count = loop {
+            match self.partition_count(&name) {
+                Ok(count) => break count?,
+                Err(e) => warn!(
+                    "partitioning by shard: cannot read the partition count of {name} ({e}); holding the shard's records for {} s so far, until Kafka answers",
+                    started.elapsed().as_secs()
+                ),
             }
         };
         Some((self.shard_ordinal % count as u64) as i32)
     }
 
-    fn partition_count(&mut self, topic: &str) -> Option<i32> {
+    /// The topic's partition count: `Ok(None)` when the broker says the topic does not
+    /// exist (or has no partitions yet), `Err` when Kafka did not answer within
+    /// METADATA_TIMEOUT.
+    fn partition_count(&mut self, topic: &str) -> Result<Option<i32>, KafkaError> {
         if let Some(count) = self.partition_counts.get(topic) {
-            return Some(*count);
+            return Ok(Some(*count));
         }
-        let metadata = match self
+        let metadata = self
             .producer
             .client()
-            .fetch_metadata(Some(topic), METADATA_TIMEOUT)
-        {
-            Ok(metadata) => metadata,
-            Err(e) => {
-                warn!("cannot read the partition count of {topic}: {e}");
-                return None;
-            }
-        };
+            .fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
         let count = metadata
             .topics()
             .iter()
             .find(|t| t.name() == topic && t.error().is_none())
             .map(|t| t.partitions().len() as i32)
-            .filter(|n| *n > 0)?;
-        self.partition_counts.insert(topic.to_owned(), count);
-        Some(count)
+            .filter(|n| *n > 0);
+        if let Some(count) = count {
+            self.partition_counts.insert(topic.to_owned(), count);
+        }
+        Ok(count)
     }
 
     /// Queues one message of record `id`. When librdkafka's queue is full, waits for room:
@@ -317,7 +327,8 @@ impl KafkaSink {
             key: message.key.as_deref(),
             value: message.value.as_deref(),
             partition,
-            timestamp: message.timestamp,
+            // None: librdkafka stamps the produce time.
+            timestamp: message.timestamp.filter(|_| self.arrival_timestamps),
             headers,
         };
         match self.enqueue(id, outgoing) {
@@ -461,43 +472,31 @@ impl KafkaSink {
         }
     }
 
-    /// Produces again what the delivery thread handed back: timed-out messages to their
-    /// topic, refused ones to the dead-letter topic. What cannot be sent fails its record
-    /// in the frontier, where the session finds it.
+    /// Dead-letters what the delivery thread handed back (messages Kafka refused for good).
+    /// What cannot be sent fails its record in the frontier, where the session finds it.
     pub fn handle_returned(&mut self) {
         let returned = match self.producer.context().returned.lock() {
             Ok(mut list) => std::mem::take(&mut *list),
             Err(_) => return,
         };
         for r in returned {
-            let refused = r.message;
             let position = self.frontier.position(r.id);
-            match r.dead_letter {
-                Some(reason) => {
-                    if let Err(e) =
-                        self.dead_letter_or_fail(r.id, refused, reason, position.as_ref())
-                    {
-                        self.frontier.fail(r.id, e.0);
-                    }
-                }
-                None => {
-                    let outgoing = Outgoing {
-                        topic: &refused.topic,
-                        key: refused.key.as_deref(),
-                        value: refused.value.as_deref(),
-                        partition: None,
-                        timestamp: refused.timestamp,
-                        headers: refused.headers,
-                    };
-                    if let Err((reason, again)) = self.enqueue(r.id, outgoing) {
-                        if let Err(e) =
-                            self.dead_letter_or_fail(r.id, again, reason, position.as_ref())
-                        {
-                            self.frontier.fail(r.id, e.0);
-                        }
-                    }
-                }
+            if let Err(e) = self.dead_letter_or_fail(r.id, r.message, r.reason, position.as_ref()) {
+                self.frontier.fail(r.id, e.0);
             }
+        }
+    }
+
+    /// A fatal producer error (the idempotent producer lost its sequence state, say) is
+    /// raised once and for good, and purges the queue: those messages are neither
+    /// acknowledged nor refused, so every wait for them would last forever. Failing the
+    /// oldest record in flight checkpoints up to it and ends the child; the daemon replays
+    /// the rest with a new producer. Cheap (an atomic read): every wait calls it.
+    pub fn check_fatal(&self) {
+        if let Some((code, reason)) = self.producer.client().fatal_error() {
+            self.frontier.fail_in_flight(format!(
+                "the Kafka producer hit a fatal error and can deliver nothing more ({code:?}: {reason})"
+            ));
         }
     }
 
@@ -737,6 +736,67 @@ impl ProducerContext for CheckContext {
 mod tests {
     use super::*;
     use rdkafka::message::Headers;
+    use rdkafka::mocking::MockCluster;
+
+    #[test]
+    fn a_fatal_producer_error_fails_the_oldest_record_in_flight_instead_of_waiting_forever() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("t", 1, 1).unwrap();
+        let config = Config::from_template(
+            &format!(
+                r#"{{"kafka":{{"bootstrap_servers":"{}","topic":"t"}}}}"#,
+                cluster.bootstrap_servers()
+            ),
+            |_| None,
+        )
+        .unwrap();
+        let frontier = Arc::new(Frontier::new());
+        let mut sink = KafkaSink::new(&config, frontier.clone()).unwrap();
+        sink.set_shard("shardId-000000000001", None);
+        // Kafka unreachable: the records stay queued, as when the error strikes.
+        cluster.broker_down(1).unwrap();
+        let sequence = |i: u64| format!("4959{i:052}");
+        let sequences: Vec<String> = (0..5).map(sequence).collect();
+        for seq in &sequences {
+            let record = KinesisRecord {
+                shard_id: "shardId-000000000001",
+                data: Some(b"payload"),
+                partition_key: Some("k"),
+                sequence_number: Some(seq),
+                sub_sequence_number: 0,
+                approximate_arrival_timestamp: None,
+            };
+            let id = frontier.track(Some(Position::new(seq, 0)), 1, 7);
+            let message = KafkaMessage::from_record(&record);
+            assert!(sink.send(id, &record, message).is_ok());
+        }
+        // librdkafka raises it on purpose, as it would on losing the sequence state.
+        let reason = std::ffi::CString::new("test: sequence state lost").unwrap();
+        // SAFETY: the client pointer is valid while `sink` lives; the reason is a C string.
+        let raised = unsafe {
+            rdkafka::bindings::rd_kafka_test_fatal_error(
+                sink.producer.client().native_ptr(),
+                rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                reason.as_ptr(),
+            )
+        };
+        assert_eq!(
+            raised,
+            rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while frontier.failure().is_none() && Instant::now() < deadline {
+            // What every wait for Kafka does between slices.
+            sink.check_fatal();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let failure = frontier
+            .failure()
+            .expect("the fatal error surfaced as a failure");
+        assert_eq!(failure.position, Some(Position::new(&sequences[0], 0)));
+        assert!(failure.reason.contains("fatal error"), "{}", failure.reason);
+        assert_eq!(frontier.frontier(), None, "nothing was acknowledged");
+    }
 
     #[test]
     fn shard_ordinals() {

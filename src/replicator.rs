@@ -121,6 +121,8 @@ impl Replicator {
     }
 
     /// One record of the batch: produce it, then wait if the in-flight window is full.
+    /// Stops at the first record that failed for good: producing the rest would put later
+    /// records of its key into Kafka before it, ahead of the replay that delivers it.
     fn record<R: Read, W: Write>(
         &mut self,
         record: &Record<'_>,
@@ -129,7 +131,10 @@ impl Replicator {
         self.produce(record)?;
         let max_records = self.config.pipeline.max_in_flight_records;
         let max_bytes = self.config.pipeline.max_in_flight_bytes;
-        let (in_flight_records, in_flight_bytes) = self.frontier.in_flight();
+        let (in_flight_records, in_flight_bytes, failed) = self.frontier.in_flight();
+        if failed {
+            return self.check_failure(channel, true);
+        }
         if in_flight_records >= max_records || in_flight_bytes >= max_bytes {
             self.wait_for(
                 channel,
@@ -161,6 +166,7 @@ impl Replicator {
             )?;
         }
         self.sink.handle_returned();
+        self.sink.check_fatal();
         self.check_failure(channel, true)?;
         self.maybe_checkpoint(channel, false)?;
         self.maybe_log_summary();
@@ -266,6 +272,7 @@ impl Replicator {
             if self.frontier.wait_until(WAIT_SLICE, &mut done) {
                 return Ok(true);
             }
+            self.sink.check_fatal();
             self.check_failure(channel, true)?;
             self.sink.handle_returned();
             if checkpoints == Checkpoints::Periodic {

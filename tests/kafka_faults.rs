@@ -346,6 +346,22 @@ fn record_over_message_max_bytes_exits_1_naming_shard_and_sequence_after_checkpo
     let all: Vec<TestRecord> = first.iter().chain(&second).cloned().collect();
     let messages = kafka.read(0, Duration::from_secs(5));
     assert_checkpoints_covered(&r.checkpoints(), &all, &messages);
+    // Nothing after the failed record was produced: the replay after the fix delivers it
+    // before any later record of its key.
+    let after: Vec<String> = second[6..]
+        .iter()
+        .map(|t| t.ext_seq().to_string())
+        .collect();
+    let produced_after: Vec<String> = messages
+        .iter()
+        .filter_map(|m| m.position())
+        .map(|p| p.to_string())
+        .filter(|p| after.contains(p))
+        .collect();
+    assert!(
+        produced_after.is_empty(),
+        "records after the failed one reached Kafka: {produced_after:?}"
+    );
 }
 
 /// The broker refuses a produce request with MSG_SIZE_TOO_LARGE: a permanent error.
@@ -628,5 +644,50 @@ fn a_failure_found_in_the_middle_of_a_batch_still_checkpoints_up_to_it() {
         batch[19].ext_seq(),
         "the records before the failed one are checkpointed\n{}",
         r.dump()
+    );
+}
+
+#[test]
+fn partitioning_by_shard_waits_for_the_partition_count_instead_of_falling_back_to_the_key() {
+    let kafka = Kafka::start(1, "by-shard-down", 4);
+    kafka.cluster.broker_down(-1).expect("broker_down");
+    let config = config_with(
+        &kafka.bootstrap(),
+        "by-shard-down",
+        json!({"processing": {"partition": {"by": "shard"}}}),
+    );
+    let mut r = start(&config);
+    r.timeout = Duration::from_secs(120);
+    r.initialize(SHARD, TRIM_HORIZON);
+    let batch = records(0, 20);
+    let result = thread::scope(|s| {
+        let batch = &batch;
+        let r = &mut r;
+        let process = s.spawn(move || {
+            let result = r.try_process_records(batch, Some(0));
+            (r, result)
+        });
+        // Longer than one metadata request's timeout (10 s): the old code gave up after
+        // one and sent the record to its key's partition.
+        thread::sleep(Duration::from_secs(14));
+        kafka.cluster.broker_up(-1).expect("broker_up");
+        process.join().expect("processRecords thread")
+    });
+    let (r, result) = result;
+    r.ok(result);
+    r.shard_ended();
+    assert!(r.wait_exit(EXIT).success(), "{}", r.dump());
+    let messages = kafka.read(batch.len(), RECOVERY);
+    assert_delivered(&messages, SHARD, &batch);
+    // shardId-000000000007 → partition 7 mod 4 = 3, every record, whatever its key.
+    let elsewhere: Vec<_> = messages.iter().filter(|m| m.partition != 3).collect();
+    assert!(
+        elsewhere.is_empty(),
+        "records off the shard's partition: {elsewhere:?}"
+    );
+    assert!(
+        r.stderr().contains("holding the shard's records"),
+        "{}",
+        r.stderr()
     );
 }

@@ -334,6 +334,35 @@ fn null_arrival_timestamp_omits_the_arrival_header() {
 }
 
 #[test]
+fn produce_time_stamps_messages_with_the_replication_time_and_keeps_the_arrival_header() {
+    let kafka = Kafka::start(1, "produce-time", 1);
+    let mut r = start_initialized(&config_with(
+        &kafka.bootstrap(),
+        "produce-time",
+        json!({"records": {"timestamp": "produce"}}),
+    ));
+    let old = TestRecord::generated(0);
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    r.process_records(std::slice::from_ref(&old), Some(0));
+    r.shard_ended();
+    assert!(r.wait_exit(EXIT).success(), "{}", r.dump());
+    let messages = kafka.read(1, READ);
+    let stamped = messages[0].timestamp.expect("a timestamp");
+    assert!(
+        stamped >= before && Some(stamped) != old.arrival_ms,
+        "timestamp {stamped}: not the produce time (run began at {before}, arrival {:?})",
+        old.arrival_ms
+    );
+    assert_eq!(
+        messages[0].header(HDR_ARRIVAL),
+        old.arrival_ms.map(|a| a.to_string())
+    );
+}
+
+#[test]
 fn aggregated_sub_records_are_delivered_and_checkpointed_with_their_sub_sequence_numbers() {
     let kafka = Kafka::start(1, "kpl", 3);
     let mut r = start(&config_with(

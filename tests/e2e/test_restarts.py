@@ -323,7 +323,14 @@ def test_second_daemon_joining_takes_leases_by_graceful_handoff(scenario):
     last_checkpoint = {}
     for shard, seq in re.findall(r"\[(shardId-\d+)\] checkpointed at (\d+)/\d+", first.log()):
         last_checkpoint[shard] = seq
-    started_at = dict(re.findall(r"\[(shardId-\d+)\] initialized at (\S+) ", second.log()))
+    # The lease table names the new owner a moment before that owner's child is started:
+    # give each moved shard's child the time to say where it started.
+    deadline = time.monotonic() + 60
+    while True:
+        started_at = dict(re.findall(r"\[(shardId-\d+)\] initialized at (\S+) ", second.log()))
+        if all(shard in started_at for shard in moved_final) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     bound = rate * (CHECKPOINT_FREQ_SECONDS + CHECKPOINT_LAG_MARGIN_SECONDS)
     scenario.record(
         report,
