@@ -181,5 +181,11 @@ fn child(path: Option<PathBuf>, custom: Option<(Box<dyn Transform>, Placement)>)
         Ok(config) => config,
         Err(code) => return code,
     };
-    crate::run_child(config, custom, std::io::stdin().lock(), output)
+    crate::run_child(
+        config,
+        custom,
+        std::io::stdin().lock(),
+        Some(libc::STDIN_FILENO),
+        output,
+    )
 }

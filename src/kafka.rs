@@ -445,6 +445,17 @@ impl KafkaSink {
                         warn!("librdkafka's queue has been full for 30 s; still waiting for Kafka to acknowledge");
                         waiting_since = Some(Instant::now());
                     }
+                    // The shard stops at an earlier record that failed for good: this one
+                    // will be read again after it. Waiting on for room would hold the
+                    // child for as long as Kafka is down, and spin (the wait below returns
+                    // at once once a failure is recorded).
+                    if self.frontier.failure().is_some() {
+                        self.frontier.fail(
+                            id,
+                            "not queued: the shard stops at an earlier record".to_owned(),
+                        );
+                        return Ok(());
+                    }
                     // librdkafka's own queue (far larger than the window) is full: give
                     // its delivery reports a moment to free room.
                     let acknowledged = self.frontier.state().acknowledged_messages;

@@ -17,16 +17,17 @@ pub mod session;
 pub mod transform;
 
 use std::io::Read;
+use std::os::fd::RawFd;
 use std::sync::Arc;
 
-use log::{error, info};
+use log::{error, info, warn};
 
 use crate::checkpoint::Frontier;
 use crate::config::Config;
 use crate::kafka::KafkaSink;
 use crate::processing::ConfiguredStage;
 use crate::replicator::Replicator;
-use crate::session::{End, Session};
+use crate::session::{End, Fatal, Session};
 use crate::transform::{Pipeline, Placement, Transform};
 
 /// Exit code: stdin closed between messages, everything handled.
@@ -39,10 +40,13 @@ pub const EXIT_CONFIG: i32 = 2;
 
 /// Runs the processor as a MultiLang child on `input` (the daemon's messages) and
 /// `output` (the protocol channel) until stdin closes. Returns the exit code.
+/// `input_fd`, the descriptor `input` reads, lets waits for Kafka notice the daemon
+/// closing it.
 pub fn run_child<R: Read>(
     config: Config,
     custom: Option<(Box<dyn Transform>, Placement)>,
     input: R,
+    input_fd: Option<RawFd>,
     output: std::fs::File,
 ) -> i32 {
     let pipeline = match build_pipeline(&config, custom) {
@@ -62,9 +66,17 @@ pub fn run_child<R: Read>(
     };
     let mut replicator = Replicator::new(config, frontier, sink, pipeline);
     let mut session = Session::new(input, output);
+    if let Some(fd) = input_fd {
+        session = session.watching_hangup(fd);
+    }
     match session.run(&mut replicator) {
         End::Eof => {
             info!("stdin closed; exiting");
+            replicator.finish();
+            EXIT_OK
+        }
+        End::Fatal(Fatal::DaemonGone(why)) => {
+            warn!("{why}");
             replicator.finish();
             EXIT_OK
         }

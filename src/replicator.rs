@@ -274,6 +274,12 @@ impl Replicator {
             }
             self.sink.check_fatal();
             self.check_failure(channel, true)?;
+            if channel.daemon_gone() {
+                return Err(Fatal::DaemonGone(format!(
+                    "the daemon closed stdin while this child waited {} s for {what}; exiting without a checkpoint (the next owner reads on from the last one)",
+                    start.elapsed().as_secs()
+                )));
+            }
             self.sink.handle_returned();
             if checkpoints == Checkpoints::Periodic {
                 self.maybe_checkpoint(channel, false)?;

@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
+use std::os::fd::RawFd;
 
 use log::{debug, warn};
 
@@ -25,12 +26,17 @@ pub enum Fatal {
     Delivery(String),
     /// stdin or stdout failed: the daemon is gone.
     Io(String),
+    /// The daemon closed stdin while this child waited for Kafka inside an action: it is
+    /// gone (it never closes stdin before the action is answered), so waiting on is useless.
+    DaemonGone(String),
 }
 
 impl fmt::Display for Fatal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Fatal::Protocol(m) | Fatal::Delivery(m) | Fatal::Io(m) => f.write_str(m),
+            Fatal::Protocol(m) | Fatal::Delivery(m) | Fatal::Io(m) | Fatal::DaemonGone(m) => {
+                f.write_str(m)
+            }
         }
     }
 }
@@ -54,9 +60,28 @@ pub struct Channel<R, W: Write> {
     reader: LineReader<R>,
     writer: ProtocolWriter<W>,
     reply: Vec<u8>,
+    /// The file descriptor `reader` reads (stdin), to notice the daemon closing it while
+    /// this child waits for Kafka and reads nothing.
+    hangup_fd: Option<RawFd>,
 }
 
 impl<R: Read, W: Write> Channel<R, W> {
+    /// Whether the daemon has closed its end of stdin. A zero-timeout poll: cheap enough
+    /// for every slice of a wait, and it consumes nothing.
+    pub fn daemon_gone(&self) -> bool {
+        let Some(fd) = self.hangup_fd else {
+            return false;
+        };
+        let mut pollfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call; a zero timeout.
+        let ready = unsafe { libc::poll(&mut pollfd, 1, 0) };
+        ready > 0 && pollfd.revents & (libc::POLLHUP | libc::POLLERR) != 0
+    }
+
     pub fn status(&mut self, response_for: &str) -> Result<(), Fatal> {
         self.writer
             .status(response_for)
@@ -169,8 +194,15 @@ impl<R: Read, W: Write> Session<R, W> {
                 reader: LineReader::new(input),
                 writer: ProtocolWriter::new(output),
                 reply: Vec::with_capacity(256),
+                hangup_fd: None,
             },
         }
+    }
+
+    /// Watches `fd`, the descriptor `input` reads, for the daemon closing it during waits.
+    pub fn watching_hangup(mut self, fd: RawFd) -> Self {
+        self.channel.hangup_fd = Some(fd);
+        self
     }
 
     pub fn run(&mut self, handler: &mut impl Handler) -> End {

@@ -691,3 +691,41 @@ fn partitioning_by_shard_waits_for_the_partition_count_instead_of_falling_back_t
         r.stderr()
     );
 }
+
+#[test]
+fn a_child_waiting_for_kafka_exits_soon_after_the_daemon_closes_stdin() {
+    let kafka = Kafka::start(1, "daemon-gone", 2);
+    let mut r = start_initialized(&config_with(
+        &kafka.bootstrap(),
+        "daemon-gone",
+        json!({"pipeline": {"wait_for_ack": true}, "shutdown": {"flush_timeout_seconds": 1}}),
+    ));
+    kafka.cluster.broker_down(-1).expect("broker_down");
+    let batch = records(0, 20);
+    // The batch is sent and not answered: the child waits for Kafka to acknowledge it.
+    r.send_raw(&process_records_line(&batch, Some(0)))
+        .expect("write processRecords");
+    thread::sleep(Duration::from_secs(2));
+    assert!(
+        r.try_wait_exit(Duration::ZERO).is_none(),
+        "the child ended before stdin closed\n{}",
+        r.dump()
+    );
+    // The daemon dies (or gives up on the child): stdin closes, Kafka is still down.
+    r.close_stdin();
+    let status = r.try_wait_exit(Duration::from_secs(10));
+    let status = status.unwrap_or_else(|| {
+        panic!(
+            "the child still waits for Kafka 10 s after the daemon closed stdin\n{}",
+            r.dump()
+        )
+    });
+    assert_eq!(status.code(), Some(0), "{}", r.dump());
+    assert!(
+        r.stderr()
+            .contains("the daemon closed stdin while this child waited"),
+        "{}",
+        r.stderr()
+    );
+    assert!(r.checkpoints().is_empty(), "{}", r.dump());
+}
