@@ -69,6 +69,8 @@ fi
 if ((e2e)); then
     step "the local stack: virtualenv, KCL jars, Apache Kafka, kinesis-local, release binary"
     python=$(bash scripts/local/setup.sh)
+    step "pyflakes: the Python side (the local stack, the scenarios)"
+    "$python" -m pyflakes scripts/local tests/e2e || status=1
     step "end-to-end scenarios: run.sh -> the real KCL daemon -> the binary -> Apache Kafka"
     rm -f target/e2e/figures.jsonl
     PYTHONPATH=scripts/local "$python" -m pytest tests/e2e scripts/local/kkrlocal/test_kafka_stack.py \

@@ -141,6 +141,19 @@ def pytest_runtest_makereport(item, call):
     setattr(item, f"rep_{report.when}", report)
 
 
+def wait_until(what: str, condition, timeout: float, interval: float = 1.0):
+    """Polls `condition` until it returns something truthy, and returns that; raises
+    TimeoutError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout} s")
+        time.sleep(interval)
+
+
 def assert_complete(report: Report, max_duplicates: int | None = 0) -> None:
     assert report.missing == 0, f"{report.line()}; first missing: {report.missing_examples}"
     assert report.order_violations == 0, f"{report.line()}; first violations: {report.violation_examples}"

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaException
-from conftest import PYTHON_ENV_FILE, assert_complete, parse_env_file, secret_free
+from conftest import PYTHON_ENV_FILE, assert_complete, parse_env_file, secret_free, wait_until
 from kkrlocal.env import RUN_SH
 from kkrlocal.records import Writer, checkpoint_gaps, read_topic, reckon
 
@@ -39,16 +39,6 @@ def scram_conf(password: str) -> dict[str, str]:
         "sasl.password": password,
     }
 
-
-def wait_until(what: str, condition, timeout: float, interval: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout} s")
-        time.sleep(interval)
 
 
 def files_with_secrets(root: Path, secrets: list[str]) -> dict[str, list[str]]:

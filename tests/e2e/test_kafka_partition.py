@@ -14,23 +14,13 @@ from __future__ import annotations
 import time
 from itertools import pairwise
 
-from conftest import assert_complete
+from conftest import assert_complete, wait_until
 from kkrlocal.records import count_topic, read_topic, reckon
 
 PARTITION_SECONDS = 120
 SEQUENCE = "kinesis.sequenceNumber"
 SHARD = "kinesis.shardId"
 
-
-def wait_until(what: str, condition, timeout: float, interval: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout} s")
-        time.sleep(interval)
 
 
 def as_number(checkpoint: str | None) -> int:

@@ -23,7 +23,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from conftest import REPO, assert_complete
+from conftest import REPO, assert_complete, wait_until
 from kkrlocal.env import CACHE
 from kkrlocal.records import count_topic, read_topic, reckon
 
@@ -92,16 +92,6 @@ def python_replicator_executable(workdir: Path) -> Path:
     wrapper.chmod(0o755)
     return wrapper
 
-
-def wait_until(what: str, condition, timeout: float, interval: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout} s")
-        time.sleep(interval)
 
 
 def test_migration_from_the_python_replicator_resumes_from_its_checkpoints(scenario):

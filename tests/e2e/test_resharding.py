@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from datetime import datetime
 
-from conftest import assert_complete
+from conftest import assert_complete, wait_until
 from kkrlocal.records import checkpoint_gaps, count_topic, read_topic, reckon
 
 # A line a child writes on stderr, relayed verbatim by the daemon (besides its ERROR-level
@@ -111,16 +111,6 @@ def shard_end_checkpointed(shard: str, children) -> float | None:
     times = [t for t, text in children.get(shard, []) if text == "checkpointed at SHARD_END"]
     return min(times) if times else None
 
-
-def wait_until(what: str, condition, timeout: float, period: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout} s")
-        time.sleep(period)
 
 
 def adjacent_pair(open_shards: list[dict], prefer: set[str]) -> tuple[str, str]:

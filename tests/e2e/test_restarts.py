@@ -17,7 +17,7 @@ import time
 from datetime import datetime
 
 import pytest
-from conftest import assert_complete
+from conftest import assert_complete, wait_until
 
 from kkrlocal.records import count_topic, read_topic
 from kkrlocal.replicator import FAST_KCL, wait_all_exit
@@ -47,24 +47,13 @@ LEADER_LOCK_SECONDS = 120 + 30
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def wait_until(predicate, timeout: float, what: str, interval: float = 1.0):
-    """Polls `predicate` until it returns something truthy; raises after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not within {timeout} s: {what}")
-        time.sleep(interval)
-
 
 def worker_id(replicator, timeout: float = 120) -> str:
     """The KCL worker id of a daemon, from the line the daemon logs at start."""
     found = wait_until(
+        f"{replicator.name} logs its worker id",
         lambda: re.search(r"Using workerId: (\S+)", replicator.log()),
         timeout,
-        f"{replicator.name} logs its worker id",
     )
     return found.group(1)
 
@@ -84,7 +73,7 @@ def wait_replicating(scenario, writer, timeout: float = 240) -> None:
         checkpointed = all(lease["checkpoint"] not in (None, "TRIM_HORIZON", "LATEST") for lease in leases.values())
         return checkpointed and in_kafka(scenario) >= writer.count - 2 * writer.rate
 
-    wait_until(caught_up, timeout, "leases checkpointed and Kafka caught up with the writer", interval=1.0)
+    wait_until("leases checkpointed and Kafka caught up with the writer", caught_up, timeout)
 
 
 def wait_owned_by(scenario, owners: set[str], timeout: float) -> dict[str, dict]:
@@ -96,7 +85,7 @@ def wait_owned_by(scenario, owners: set[str], timeout: float) -> dict[str, dict]
             return leases
         return None
 
-    return wait_until(owned, timeout, f"every lease owned by {owners}")
+    return wait_until(f"every lease owned by {owners}", owned, timeout)
 
 
 def exposed_records(scenario, writer, leases: dict[str, dict]) -> dict[str, int]:
@@ -214,11 +203,11 @@ def test_sigterm_shuts_down_gracefully_and_checkpoints_what_kafka_acknowledged(s
     first = scenario.replicator(env={"CHECKPOINT_FREQ_SECONDS": "600"})
     first_worker = worker_id(first)
     scenario.stack.wait_for_leases(scenario.application, SHARDS, timeout=240)
-    wait_until(lambda: in_kafka(scenario) >= writer.count - 2 * rate and in_kafka(scenario) > 0, 240, "Kafka caught up")
+    wait_until("Kafka caught up", lambda: in_kafka(scenario) >= writer.count - 2 * rate and in_kafka(scenario) > 0, 240)
     time.sleep(4)
     if not writer_running:
         writer.stop()
-        wait_until(lambda: in_kafka(scenario) >= writer.count, 120, "every record in Kafka before the SIGTERM")
+        wait_until("every record in Kafka before the SIGTERM", lambda: in_kafka(scenario) >= writer.count, 120)
     before = scenario.stack.moto.leases(scenario.application)
     children = first.children()
     assert len(children) == SHARDS

@@ -11,7 +11,6 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 
 STREAM = "quickstart"
 TOPIC = "quickstart"
