@@ -1,5 +1,9 @@
 //! How the processor checkpoints: where, how often, in what format, and how it handles the
 //! lease table's errors (retries, giving up, ShutdownException).
+//!
+//! Each scenario runs through both ways the binary reads a `processRecords` line
+//! (`NAME::streamed`, `NAME::read_whole`; see `both_paths!`): a checkpoint may be requested in
+//! the middle of a batch read whole, never in the middle of a streamed one.
 
 mod support;
 
@@ -14,14 +18,19 @@ use support::*;
 const EXIT: Duration = Duration::from_secs(20);
 
 /// wait_for_ack, so that every batch ends with a checkpoint at its last record.
-fn deterministic(kafka: &Kafka, topic: &str, patch: serde_json::Value) -> Running {
+fn deterministic(
+    order: FieldOrder,
+    kafka: &Kafka,
+    topic: &str,
+    patch: serde_json::Value,
+) -> Running {
     let mut config = config_with(
         &kafka.bootstrap(),
         topic,
         json!({"pipeline": {"wait_for_ack": true}}),
     );
     support::config::merge(&mut config, patch);
-    start_initialized(&config)
+    start_initialized_in(order, &config)
 }
 
 fn attempts_during(r: &Running, action: &str) -> Vec<CheckpointAttempt> {
@@ -43,21 +52,22 @@ fn errors(attempts: &[CheckpointAttempt]) -> Vec<Option<String>> {
         .collect()
 }
 
-#[test]
-fn wait_for_ack_checkpoints_each_batch_at_its_last_record_before_the_status() {
+both_paths!(wait_for_ack_checkpoints_each_batch_at_its_last_record_before_the_status);
+fn wait_for_ack_checkpoints_each_batch_at_its_last_record_before_the_status(order: FieldOrder) {
     let kafka = Kafka::start(1, "per-batch", 2);
-    let mut r = deterministic(&kafka, "per-batch", json!({}));
+    let mut r = deterministic(order, &kafka, "per-batch", json!({}));
     for start in [0, 100, 200] {
         let batch = records(start, 100);
         r.process_records(&batch, Some(0));
         assert_eq!(r.lease_checkpoint(), batch[99].ext_seq(), "{}", r.dump());
     }
+    assert_batches_took_their_path(&r);
 }
 
-#[test]
-fn checkpoint_requests_use_the_exact_wire_format() {
+both_paths!(checkpoint_requests_use_the_exact_wire_format);
+fn checkpoint_requests_use_the_exact_wire_format(order: FieldOrder) {
     let kafka = Kafka::start(1, "wire", 1);
-    let mut r = deterministic(&kafka, "wire", json!({}));
+    let mut r = deterministic(order, &kafka, "wire", json!({}));
     let batch = records(0, 3);
     r.process_records(&batch, Some(0));
     assert_eq!(
@@ -69,12 +79,13 @@ fn checkpoint_requests_use_the_exact_wire_format() {
         "{}",
         r.dump()
     );
+    assert_batches_took_their_path(&r);
 }
 
-#[test]
-fn checkpoint_throttled_three_times_then_succeeds() {
+both_paths!(checkpoint_throttled_three_times_then_succeeds);
+fn checkpoint_throttled_three_times_then_succeeds(order: FieldOrder) {
     let kafka = Kafka::start(1, "throttled", 1);
-    let mut r = deterministic(&kafka, "throttled", json!({}));
+    let mut r = deterministic(order, &kafka, "throttled", json!({}));
     r.inject_checkpoint_errors(&[THROTTLING, THROTTLING, THROTTLING]);
     let batch = records(0, 10);
     r.process_records(&batch, Some(0));
@@ -105,12 +116,13 @@ fn checkpoint_throttled_three_times_then_succeeds() {
         );
     }
     assert_eq!(r.lease_checkpoint(), batch[9].ext_seq());
+    assert_batches_took_their_path(&r);
 }
 
-#[test]
-fn dependency_exception_is_retried_like_throttling() {
+both_paths!(dependency_exception_is_retried_like_throttling);
+fn dependency_exception_is_retried_like_throttling(order: FieldOrder) {
     let kafka = Kafka::start(1, "dependency", 1);
-    let mut r = deterministic(&kafka, "dependency", json!({}));
+    let mut r = deterministic(order, &kafka, "dependency", json!({}));
     r.inject_checkpoint_errors(&[DEPENDENCY, THROTTLING]);
     let batch = records(0, 10);
     r.process_records(&batch, Some(0));
@@ -125,12 +137,18 @@ fn dependency_exception_is_retried_like_throttling() {
         r.dump()
     );
     assert_eq!(r.lease_checkpoint(), batch[9].ext_seq());
+    assert_batches_took_their_path(&r);
 }
 
-#[test]
-fn checkpoint_gives_up_after_retries_attempts_and_keeps_processing() {
+both_paths!(checkpoint_gives_up_after_retries_attempts_and_keeps_processing);
+fn checkpoint_gives_up_after_retries_attempts_and_keeps_processing(order: FieldOrder) {
     let kafka = Kafka::start(1, "give-up", 1);
-    let mut r = deterministic(&kafka, "give-up", json!({"checkpoint": {"retries": 3}}));
+    let mut r = deterministic(
+        order,
+        &kafka,
+        "give-up",
+        json!({"checkpoint": {"retries": 3}}),
+    );
     r.inject_checkpoint_errors(&[THROTTLING, THROTTLING, THROTTLING]);
     let first = records(0, 10);
     r.process_records(&first, Some(0));
@@ -145,12 +163,13 @@ fn checkpoint_gives_up_after_retries_attempts_and_keeps_processing() {
     let second = records(10, 10);
     r.process_records(&second, Some(0));
     assert_eq!(r.lease_checkpoint(), second[9].ext_seq(), "{}", r.dump());
+    assert_batches_took_their_path(&r);
 }
 
-#[test]
-fn shutdown_exception_stops_checkpointing_but_every_status_is_still_answered() {
+both_paths!(shutdown_exception_stops_checkpointing_but_every_status_is_still_answered);
+fn shutdown_exception_stops_checkpointing_but_every_status_is_still_answered(order: FieldOrder) {
     let kafka = Kafka::start(1, "shutdown-exc", 1);
-    let mut r = deterministic(&kafka, "shutdown-exc", json!({}));
+    let mut r = deterministic(order, &kafka, "shutdown-exc", json!({}));
     let first = records(0, 10);
     r.process_records(&first, Some(0));
     assert_eq!(r.lease_checkpoint(), first[9].ext_seq(), "{}", r.dump());
@@ -176,15 +195,16 @@ fn shutdown_exception_stops_checkpointing_but_every_status_is_still_answered() {
         r.dump()
     );
     assert_eq!(r.lease_checkpoint(), first[9].ext_seq());
+    assert_batches_took_their_path(&r);
 }
 
-#[test]
-fn shutdown_requested_checkpoint_is_retried_when_throttled() {
+both_paths!(shutdown_requested_checkpoint_is_retried_when_throttled);
+fn shutdown_requested_checkpoint_is_retried_when_throttled(order: FieldOrder) {
     let kafka = Kafka::start(1, "sr-throttled", 1);
-    let mut r = start_initialized(&support::config::base_config(
-        &kafka.bootstrap(),
-        "sr-throttled",
-    ));
+    let mut r = start_initialized_in(
+        order,
+        &support::config::base_config(&kafka.bootstrap(), "sr-throttled"),
+    );
     let all = records(0, 50);
     r.process_records(&all, Some(0));
     r.inject_checkpoint_errors(&[THROTTLING, THROTTLING]);
@@ -200,12 +220,18 @@ fn shutdown_requested_checkpoint_is_retried_when_throttled() {
     assert_eq!(r.lease_checkpoint(), all[49].ext_seq(), "{}", r.dump());
     r.lease_lost();
     assert_eq!(r.wait_exit(EXIT).code(), Some(0), "{}", r.dump());
+    assert_batches_took_their_path(&r);
 }
 
-#[test]
-fn shard_end_checkpoint_is_retried_past_the_retry_limit_until_it_succeeds() {
+both_paths!(shard_end_checkpoint_is_retried_past_the_retry_limit_until_it_succeeds);
+fn shard_end_checkpoint_is_retried_past_the_retry_limit_until_it_succeeds(order: FieldOrder) {
     let kafka = Kafka::start(1, "end-retry", 1);
-    let mut r = deterministic(&kafka, "end-retry", json!({"checkpoint": {"retries": 2}}));
+    let mut r = deterministic(
+        order,
+        &kafka,
+        "end-retry",
+        json!({"checkpoint": {"retries": 2}}),
+    );
     r.process_records(&records(0, 10), Some(0));
     r.inject_checkpoint_errors(&[
         THROTTLING, DEPENDENCY, THROTTLING, THROTTLING, DEPENDENCY, THROTTLING,
@@ -215,12 +241,14 @@ fn shard_end_checkpoint_is_retried_past_the_retry_limit_until_it_succeeds() {
     let attempts = attempts_during(&r, "shardEnded");
     assert_eq!(attempts.len(), 7, "{}", r.dump());
     assert_eq!(r.last_checkpoint(), Some(ExtSeq::shard_end()));
+    assert_batches_took_their_path(&r);
 }
 
-#[test]
-fn freq_seconds_limits_checkpoints_during_process_records() {
+both_paths!(freq_seconds_limits_checkpoints_during_process_records);
+fn freq_seconds_limits_checkpoints_during_process_records(order: FieldOrder) {
     let kafka = Kafka::start(1, "freq", 1);
     let mut r = deterministic(
+        order,
         &kafka,
         "freq",
         json!({"checkpoint": {"freq_seconds": 3600}}),
@@ -239,19 +267,20 @@ fn freq_seconds_limits_checkpoints_during_process_records() {
     assert_eq!(r.lease_checkpoint(), all[99].ext_seq(), "{}", r.dump());
     r.lease_lost();
     assert_eq!(r.wait_exit(EXIT).code(), Some(0));
+    assert_batches_took_their_path(&r);
 }
 
-#[test]
-fn pipelined_checkpoints_move_forward_only_and_are_always_in_range() {
+both_paths!(pipelined_checkpoints_move_forward_only_and_are_always_in_range);
+fn pipelined_checkpoints_move_forward_only_and_are_always_in_range(order: FieldOrder) {
     let kafka = Kafka::start(3, "pipelined", 4);
     kafka
         .cluster
         .broker_round_trip_time(-1, Duration::from_millis(50))
         .expect("rtt");
-    let mut r = start_initialized(&support::config::base_config(
-        &kafka.bootstrap(),
-        "pipelined",
-    ));
+    let mut r = start_initialized_in(
+        order,
+        &support::config::base_config(&kafka.bootstrap(), "pipelined"),
+    );
     let all = records(0, 2000);
     for batch in all.chunks(100) {
         r.process_records(batch, Some(0));
@@ -276,12 +305,13 @@ fn pipelined_checkpoints_move_forward_only_and_are_always_in_range() {
     let messages = kafka.read(all.len(), Duration::from_secs(20));
     assert_delivered(&messages, SHARD, &all);
     assert_checkpoints_covered(&stored, &all, &messages);
+    assert_batches_took_their_path(&r);
 }
 
-#[test]
-fn non_retryable_checkpoint_errors_are_not_retried_and_processing_goes_on() {
+both_paths!(non_retryable_checkpoint_errors_are_not_retried_and_processing_goes_on);
+fn non_retryable_checkpoint_errors_are_not_retried_and_processing_goes_on(order: FieldOrder) {
     let kafka = Kafka::start(1, "non-retryable", 1);
-    let mut r = deterministic(&kafka, "non-retryable", json!({}));
+    let mut r = deterministic(order, &kafka, "non-retryable", json!({}));
     for (i, error) in [ILLEGAL_ARGUMENT, INVALID_STATE].into_iter().enumerate() {
         let before = r.checkpoint_attempts().len();
         r.inject_checkpoint_errors(&[error]);
@@ -298,4 +328,59 @@ fn non_retryable_checkpoint_errors_are_not_retried_and_processing_goes_on() {
     assert_eq!(r.lease_checkpoint(), last[9].ext_seq(), "{}", r.dump());
     r.shard_ended();
     assert!(r.wait_exit(EXIT).success(), "{}", r.dump());
+    assert_batches_took_their_path(&r);
+}
+
+both_paths!(a_failure_in_the_middle_of_a_batch_checkpoints_up_to_it_on_either_path);
+/// A record Kafka refuses for good, found in the middle of a batch while the binary waits for
+/// room in a small window: the records before it are checkpointed, nothing after it, and the
+/// batch is not answered. Streamed, the checkpoint waits until the rest of the line is read;
+/// read whole, it may be requested at once.
+fn a_failure_in_the_middle_of_a_batch_checkpoints_up_to_it_on_either_path(order: FieldOrder) {
+    let kafka = Kafka::start(1, "mid-batch", 2);
+    let mut r = start_initialized_in(
+        order,
+        &config_with(
+            &kafka.bootstrap(),
+            "mid-batch",
+            json!({
+                "pipeline": {"max_in_flight_records": 3},
+                "kafka": {"properties": {"message.max.bytes": "10000"}}
+            }),
+        ),
+    );
+    let mut batch = records(0, 60);
+    batch[20].data = Some(vec![b'x'; 20_000]);
+    let big = batch[20].clone();
+    let result = r.try_process_records(&batch, Some(0));
+    assert!(
+        matches!(result, Err(ActionError::Eof { .. })),
+        "no status for the failed batch: {result:?}\n{}",
+        r.dump()
+    );
+    assert_eq!(r.wait_exit(EXIT).code(), Some(1), "{}", r.dump());
+    assert!(
+        r.stderr()
+            .lines()
+            .any(|l| l.contains(SHARD) && l.contains(&big.sequence_number)),
+        "{}",
+        r.stderr()
+    );
+    assert_eq!(
+        r.lease_checkpoint(),
+        batch[19].ext_seq(),
+        "the records before the failed one are checkpointed\n{}",
+        r.dump()
+    );
+    for a in r.checkpoint_attempts() {
+        assert_eq!(a.outcome.error(), None, "{a:?}\n{}", r.dump());
+    }
+    // The failed batch was never answered, so only the batch read whole says how it was read
+    // (it is logged before its records are handled); a streamed one is logged at its end.
+    let expected = if order.is_streamed() {
+        vec![]
+    } else {
+        vec![(60, false)]
+    };
+    assert_eq!(batches_logged(&r.stderr()), expected, "{}", r.dump());
 }

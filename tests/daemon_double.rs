@@ -7,6 +7,8 @@ use std::cmp::Ordering;
 use std::process::Command;
 use std::time::Duration;
 
+use kinesis_kafka_replicator::protocol::STREAMED_BATCH_PREFIX;
+use serde_json::Value;
 use support::daemon::*;
 use support::kafka::{murmur2, murmur2_partition};
 
@@ -403,6 +405,77 @@ fn messages_are_written_as_jackson_writes_them() {
     );
 }
 
+/// Records with every field a line can carry, nulls included.
+fn odd_records() -> Vec<TestRecord> {
+    vec![
+        TestRecord::generated(0),
+        TestRecord {
+            data: Some(Vec::new()),
+            partition_key: None,
+            sequence_number: seq_number(1),
+            sub_sequence_number: Some(2),
+            arrival_ms: None,
+        },
+        TestRecord {
+            data: None,
+            partition_key: Some("ключ-🔑\"\\".into()),
+            sequence_number: seq_number(2),
+            sub_sequence_number: None,
+            arrival_ms: Some(1),
+        },
+    ]
+}
+
+#[test]
+fn other_field_orders_are_the_same_message_without_the_streamed_prefix() {
+    let odd = odd_records();
+    for recs in [&odd[..], &[][..]] {
+        for millis in [Some(42), None] {
+            let daemon = process_records_line(recs, millis);
+            assert_eq!(
+                process_records_line_in(FieldOrder::Daemon, recs, millis),
+                daemon
+            );
+            let expected: Value = serde_json::from_str(&daemon).expect("JSON");
+            for order in FieldOrder::ALL {
+                let line = process_records_line_in(order, recs, millis);
+                let value: Value = serde_json::from_str(&line).expect("JSON");
+                // Same fields, same values, the same explicit nulls: only the order differs.
+                assert_eq!(value, expected, "{order:?}: {line}");
+                assert!(!line.contains('\n') && !line.contains('\r'), "{line}");
+                assert_eq!(
+                    line.as_bytes().starts_with(STREAMED_BATCH_PREFIX),
+                    order.is_streamed(),
+                    "{order:?}: {line}"
+                );
+                if order != FieldOrder::Daemon {
+                    assert_ne!(line, daemon, "{order:?}");
+                }
+            }
+        }
+    }
+    assert_eq!(FieldOrder::default(), FieldOrder::Daemon);
+    assert_eq!(
+        process_records_line_in(FieldOrder::MillisFirst, &[], None),
+        r#"{"action":"processRecords","millisBehindLatest":null,"records":[]}"#
+    );
+    let record = TestRecord {
+        data: Some(b"hello".to_vec()),
+        partition_key: Some("pk-1".into()),
+        sequence_number: "5".into(),
+        sub_sequence_number: Some(0),
+        arrival_ms: None,
+    };
+    assert_eq!(
+        process_records_line_in(FieldOrder::Reversed, &[record], Some(7)),
+        concat!(
+            r#"{"millisBehindLatest":7,"records":["#,
+            r#"{"action":"record","subSequenceNumber":0,"approximateArrivalTimestamp":null,"sequenceNumber":"5","partitionKey":"pk-1","data":"aGVsbG8="}"#,
+            r#"],"action":"processRecords"}"#
+        )
+    );
+}
+
 #[test]
 fn generated_sequence_numbers_are_56_digits_and_increasing() {
     let recs = records(0, 1000);
@@ -557,6 +630,31 @@ fn scripted_child_full_life_to_shard_end() {
         checkpoint_reply_line(Some(&batch1[2].sequence_number), Some(0), None)
     );
     assert_eq!(replies[2], checkpoint_reply_line(None, None, None));
+}
+
+#[test]
+fn scripted_child_gets_process_records_in_the_field_order_it_is_told() {
+    for order in FieldOrder::ALL {
+        let mut d = child("good").with_field_order(order);
+        d.initialize("shardId-000000000001", TRIM_HORIZON);
+        let batch = odd_records();
+        d.process_records(&batch, Some(3));
+        d.process_records(&[], None);
+        d.shard_ended();
+        assert!(
+            d.wait_exit(Duration::from_secs(10)).success(),
+            "{}",
+            d.dump()
+        );
+        let got = stderr_lines(&d, "GOT ", 4);
+        assert_eq!(got[1], process_records_line_in(order, &batch, Some(3)));
+        assert_eq!(got[2], process_records_line_in(order, &[], None));
+        assert_eq!(
+            d.checkpoints(),
+            vec![batch[2].ext_seq(), ExtSeq::shard_end()],
+            "{order:?}"
+        );
+    }
 }
 
 #[test]

@@ -612,42 +612,6 @@ fn shard_end_never_checkpoints_shard_end_past_a_record_that_failed_permanently()
 /// window), where no checkpoint may be requested: the rest of the line is read first, then the
 /// records before the failed one are checkpointed.
 #[test]
-fn a_failure_found_in_the_middle_of_a_batch_still_checkpoints_up_to_it() {
-    let kafka = Kafka::start(1, "mid-batch", 2);
-    let mut r = start_initialized(&config_with(
-        &kafka.bootstrap(),
-        "mid-batch",
-        json!({
-            "pipeline": {"max_in_flight_records": 3},
-            "kafka": {"properties": {"message.max.bytes": "10000"}}
-        }),
-    ));
-    let mut batch = records(0, 60);
-    batch[20].data = Some(vec![b'x'; 20_000]);
-    let big = batch[20].clone();
-    let result = r.try_process_records(&batch, Some(0));
-    assert!(
-        matches!(result, Err(ActionError::Eof { .. })),
-        "no status for the failed batch: {result:?}\n{}",
-        r.dump()
-    );
-    assert_eq!(r.wait_exit(EXIT).code(), Some(1), "{}", r.dump());
-    assert!(
-        r.stderr()
-            .lines()
-            .any(|l| l.contains(SHARD) && l.contains(&big.sequence_number)),
-        "{}",
-        r.stderr()
-    );
-    assert_eq!(
-        r.lease_checkpoint(),
-        batch[19].ext_seq(),
-        "the records before the failed one are checkpointed\n{}",
-        r.dump()
-    );
-}
-
-#[test]
 fn partitioning_by_shard_waits_for_the_partition_count_instead_of_falling_back_to_the_key() {
     let kafka = Kafka::start(1, "by-shard-down", 4);
     kafka.cluster.broker_down(-1).expect("broker_down");

@@ -1,4 +1,9 @@
 //! A shard's life as the daemon drives it: initialize, batches, and each way it can end.
+//!
+//! Every scenario that sends `processRecords` runs twice (`both_paths!`): `NAME::streamed`,
+//! with lines in the daemon's exact field order, which the binary reads record by record, and
+//! `NAME::read_whole`, with the same messages in another field order, which it reads whole.
+//! Each checks in the binary's DEBUG log that its batches took the path it is named after.
 
 mod support;
 
@@ -20,10 +25,12 @@ fn attempts_during(r: &Running, action: &str) -> Vec<CheckpointAttempt> {
         .collect()
 }
 
-#[test]
-fn full_life_to_shard_end_checkpoints_shard_end_and_delivers_every_record_in_key_order() {
+both_paths!(full_life_to_shard_end_checkpoints_shard_end_and_delivers_every_record_in_key_order);
+fn full_life_to_shard_end_checkpoints_shard_end_and_delivers_every_record_in_key_order(
+    order: FieldOrder,
+) {
     let kafka = Kafka::start(3, "life", 4);
-    let mut r = start_initialized(&base_config(&kafka.bootstrap(), "life"));
+    let mut r = start_initialized_in(order, &base_config(&kafka.bootstrap(), "life"));
     let all = records(0, 1000);
     for batch in all.chunks(200) {
         r.process_records(batch, Some(1000));
@@ -57,12 +64,13 @@ fn full_life_to_shard_end_checkpoints_shard_end_and_delivers_every_record_in_key
     assert_no_duplicates(&messages);
     assert_key_order(&messages);
     assert_checkpoints_covered(&r.checkpoints(), &all, &messages);
+    assert_batches_took_their_path(&r);
 }
 
-#[test]
-fn records_are_partitioned_by_murmur2_of_the_partition_key() {
+both_paths!(records_are_partitioned_by_murmur2_of_the_partition_key);
+fn records_are_partitioned_by_murmur2_of_the_partition_key(order: FieldOrder) {
     let kafka = Kafka::start(1, "murmur", 6);
-    let mut r = start_initialized(&base_config(&kafka.bootstrap(), "murmur"));
+    let mut r = start_initialized_in(order, &base_config(&kafka.bootstrap(), "murmur"));
     let all = records(0, 130);
     r.process_records(&all, Some(0));
     r.shard_ended();
@@ -78,12 +86,13 @@ fn records_are_partitioned_by_murmur2_of_the_partition_key() {
             String::from_utf8_lossy(key)
         );
     }
+    assert_batches_took_their_path(&r);
 }
 
-#[test]
-fn lease_lost_takes_no_checkpoint_and_exits_zero_on_eof() {
+both_paths!(lease_lost_takes_no_checkpoint_and_exits_zero_on_eof);
+fn lease_lost_takes_no_checkpoint_and_exits_zero_on_eof(order: FieldOrder) {
     let kafka = Kafka::start(1, "lost", 2);
-    let mut r = start_initialized(&base_config(&kafka.bootstrap(), "lost"));
+    let mut r = start_initialized_in(order, &base_config(&kafka.bootstrap(), "lost"));
     let all = records(0, 300);
     for batch in all.chunks(100) {
         r.process_records(batch, Some(0));
@@ -102,6 +111,7 @@ fn lease_lost_takes_no_checkpoint_and_exits_zero_on_eof() {
     );
     let messages = kafka.read(0, Duration::from_secs(5));
     assert_checkpoints_covered(&r.checkpoints(), &all, &messages);
+    assert_batches_took_their_path(&r);
 }
 
 #[test]
@@ -113,10 +123,10 @@ fn initialize_then_lease_lost_takes_no_checkpoint() {
     assert!(r.checkpoint_attempts().is_empty(), "{}", r.dump());
 }
 
-#[test]
-fn shutdown_requested_checkpoints_the_acknowledged_frontier_and_lease_lost_none() {
+both_paths!(shutdown_requested_checkpoints_the_acknowledged_frontier_and_lease_lost_none);
+fn shutdown_requested_checkpoints_the_acknowledged_frontier_and_lease_lost_none(order: FieldOrder) {
     let kafka = Kafka::start(3, "graceful", 3);
-    let mut r = start_initialized(&base_config(&kafka.bootstrap(), "graceful"));
+    let mut r = start_initialized_in(order, &base_config(&kafka.bootstrap(), "graceful"));
     let all = records(0, 500);
     for batch in all.chunks(250) {
         r.process_records(batch, Some(0));
@@ -141,16 +151,20 @@ fn shutdown_requested_checkpoints_the_acknowledged_frontier_and_lease_lost_none(
     let messages = kafka.read(all.len(), READ);
     assert_delivered(&messages, SHARD, &all);
     assert_checkpoints_covered(&r.checkpoints(), &all, &messages);
+    assert_batches_took_their_path(&r);
 }
 
-#[test]
-fn resumes_from_a_numeric_lease_checkpoint() {
+both_paths!(resumes_from_a_numeric_lease_checkpoint);
+fn resumes_from_a_numeric_lease_checkpoint(order: FieldOrder) {
     let kafka = Kafka::start(1, "resume", 2);
-    let mut r = start(&config_with(
-        &kafka.bootstrap(),
-        "resume",
-        json!({"pipeline": {"wait_for_ack": true}}),
-    ));
+    let mut r = start_in(
+        order,
+        &config_with(
+            &kafka.bootstrap(),
+            "resume",
+            json!({"pipeline": {"wait_for_ack": true}}),
+        ),
+    );
     let start_at = seq_number(99);
     r.initialize(SHARD, &start_at);
     let all = records(100, 50);
@@ -160,6 +174,7 @@ fn resumes_from_a_numeric_lease_checkpoint() {
     assert!(r.wait_exit(EXIT).success(), "{}", r.dump());
     assert_eq!(r.last_checkpoint(), Some(ExtSeq::shard_end()));
     assert_delivered(&kafka.read(all.len(), READ), SHARD, &all);
+    assert_batches_took_their_path(&r);
 }
 
 #[test]
@@ -176,10 +191,10 @@ fn shard_end_with_no_records_checkpoints_shard_end() {
     );
 }
 
-#[test]
-fn kcl1_shutdown_terminate_checkpoints_shard_end() {
+both_paths!(kcl1_shutdown_terminate_checkpoints_shard_end);
+fn kcl1_shutdown_terminate_checkpoints_shard_end(order: FieldOrder) {
     let kafka = Kafka::start(1, "v1-terminate", 2);
-    let mut r = start_initialized(&base_config(&kafka.bootstrap(), "v1-terminate"));
+    let mut r = start_initialized_in(order, &base_config(&kafka.bootstrap(), "v1-terminate"));
     let all = records(0, 100);
     r.process_records(&all, Some(0));
     r.shutdown_v1(ShutdownReason::Terminate);
@@ -191,12 +206,13 @@ fn kcl1_shutdown_terminate_checkpoints_shard_end() {
         r.dump()
     );
     assert_delivered(&kafka.read(all.len(), READ), SHARD, &all);
+    assert_batches_took_their_path(&r);
 }
 
-#[test]
-fn kcl1_shutdown_zombie_answers_status_and_exits_zero() {
+both_paths!(kcl1_shutdown_zombie_answers_status_and_exits_zero);
+fn kcl1_shutdown_zombie_answers_status_and_exits_zero(order: FieldOrder) {
     let kafka = Kafka::start(1, "v1-zombie", 2);
-    let mut r = start_initialized(&base_config(&kafka.bootstrap(), "v1-zombie"));
+    let mut r = start_initialized_in(order, &base_config(&kafka.bootstrap(), "v1-zombie"));
     let all = records(0, 100);
     r.process_records(&all, Some(0));
     r.shutdown_v1(ShutdownReason::Zombie);
@@ -209,16 +225,20 @@ fn kcl1_shutdown_zombie_answers_status_and_exits_zero() {
         "{}",
         r.dump()
     );
+    assert_batches_took_their_path(&r);
 }
 
-#[test]
-fn a_batch_of_ten_thousand_records_is_delivered_and_checkpointed() {
+both_paths!(a_batch_of_ten_thousand_records_is_delivered_and_checkpointed);
+fn a_batch_of_ten_thousand_records_is_delivered_and_checkpointed(order: FieldOrder) {
     let kafka = Kafka::start(3, "big-batch", 4);
-    let mut r = start(&config_with(
-        &kafka.bootstrap(),
-        "big-batch",
-        json!({"pipeline": {"wait_for_ack": true}}),
-    ));
+    let mut r = start_in(
+        order,
+        &config_with(
+            &kafka.bootstrap(),
+            "big-batch",
+            json!({"pipeline": {"wait_for_ack": true}}),
+        ),
+    );
     r.initialize(SHARD, TRIM_HORIZON);
     let all = records(0, 10_000);
     let started = Instant::now();
@@ -230,12 +250,13 @@ fn a_batch_of_ten_thousand_records_is_delivered_and_checkpointed() {
     let messages = kafka.read(all.len(), Duration::from_secs(60));
     assert_delivered(&messages, SHARD, &all);
     assert_key_order(&messages);
+    assert_batches_took_their_path(&r);
 }
 
-#[test]
-fn empty_batches_with_null_millis_behind_latest_are_answered() {
+both_paths!(empty_batches_with_null_millis_behind_latest_are_answered);
+fn empty_batches_with_null_millis_behind_latest_are_answered(order: FieldOrder) {
     let kafka = Kafka::start(1, "empty", 1);
-    let mut r = start_initialized(&base_config(&kafka.bootstrap(), "empty"));
+    let mut r = start_initialized_in(order, &base_config(&kafka.bootstrap(), "empty"));
     r.process_records(&[], None);
     let all = records(0, 10);
     r.process_records(&all, None);
@@ -246,12 +267,13 @@ fn empty_batches_with_null_millis_behind_latest_are_answered() {
     assert!(r.wait_exit(EXIT).success(), "{}", r.dump());
     assert_eq!(r.last_checkpoint(), Some(ExtSeq::shard_end()));
     assert_delivered(&kafka.read(all.len(), READ), SHARD, &all);
+    assert_batches_took_their_path(&r);
 }
 
-#[test]
-fn non_ascii_partition_keys_become_the_exact_utf8_key_bytes() {
+both_paths!(non_ascii_partition_keys_become_the_exact_utf8_key_bytes);
+fn non_ascii_partition_keys_become_the_exact_utf8_key_bytes(order: FieldOrder) {
     let kafka = Kafka::start(1, "utf8", 3);
-    let mut r = start_initialized(&base_config(&kafka.bootstrap(), "utf8"));
+    let mut r = start_initialized_in(order, &base_config(&kafka.bootstrap(), "utf8"));
     let keys = [
         "ключ-🔑",
         "日本語キー",
@@ -274,12 +296,13 @@ fn non_ascii_partition_keys_become_the_exact_utf8_key_bytes() {
         .find(|m| m.value.as_deref() == Some(b"v0".as_slice()))
         .expect("first record");
     assert_eq!(m.key.as_deref(), Some("ключ-🔑".as_bytes()));
+    assert_batches_took_their_path(&r);
 }
 
-#[test]
-fn null_data_null_key_empty_data_and_binary_data_are_kept_as_they_are() {
+both_paths!(null_data_null_key_empty_data_and_binary_data_are_kept_as_they_are);
+fn null_data_null_key_empty_data_and_binary_data_are_kept_as_they_are(order: FieldOrder) {
     let kafka = Kafka::start(1, "odd-records", 2);
-    let mut r = start_initialized(&base_config(&kafka.bootstrap(), "odd-records"));
+    let mut r = start_initialized_in(order, &base_config(&kafka.bootstrap(), "odd-records"));
     let all = vec![
         TestRecord {
             data: None,
@@ -316,12 +339,13 @@ fn null_data_null_key_empty_data_and_binary_data_are_kept_as_they_are() {
     assert_eq!(r.last_checkpoint(), Some(ExtSeq::shard_end()));
     let messages = kafka.read(all.len(), READ);
     assert_delivered(&messages, SHARD, &all);
+    assert_batches_took_their_path(&r);
 }
 
-#[test]
-fn null_arrival_timestamp_omits_the_arrival_header() {
+both_paths!(null_arrival_timestamp_omits_the_arrival_header);
+fn null_arrival_timestamp_omits_the_arrival_header(order: FieldOrder) {
     let kafka = Kafka::start(1, "no-arrival", 1);
-    let mut r = start_initialized(&base_config(&kafka.bootstrap(), "no-arrival"));
+    let mut r = start_initialized_in(order, &base_config(&kafka.bootstrap(), "no-arrival"));
     let mut record = TestRecord::generated(0);
     record.arrival_ms = None;
     r.process_records(std::slice::from_ref(&record), Some(0));
@@ -331,16 +355,22 @@ fn null_arrival_timestamp_omits_the_arrival_header() {
     assert_delivered(&messages, SHARD, std::slice::from_ref(&record));
     assert_eq!(messages[0].header(HDR_ARRIVAL), None);
     assert_eq!(messages[0].header(HDR_SUB).as_deref(), Some("0"));
+    assert_batches_took_their_path(&r);
 }
 
-#[test]
-fn produce_time_stamps_messages_with_the_replication_time_and_keeps_the_arrival_header() {
+both_paths!(produce_time_stamps_messages_with_the_replication_time_and_keeps_the_arrival_header);
+fn produce_time_stamps_messages_with_the_replication_time_and_keeps_the_arrival_header(
+    order: FieldOrder,
+) {
     let kafka = Kafka::start(1, "produce-time", 1);
-    let mut r = start_initialized(&config_with(
-        &kafka.bootstrap(),
-        "produce-time",
-        json!({"records": {"timestamp": "produce"}}),
-    ));
+    let mut r = start_initialized_in(
+        order,
+        &config_with(
+            &kafka.bootstrap(),
+            "produce-time",
+            json!({"records": {"timestamp": "produce"}}),
+        ),
+    );
     let old = TestRecord::generated(0);
     let before = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -360,16 +390,22 @@ fn produce_time_stamps_messages_with_the_replication_time_and_keeps_the_arrival_
         messages[0].header(HDR_ARRIVAL),
         old.arrival_ms.map(|a| a.to_string())
     );
+    assert_batches_took_their_path(&r);
 }
 
-#[test]
-fn aggregated_sub_records_are_delivered_and_checkpointed_with_their_sub_sequence_numbers() {
+both_paths!(aggregated_sub_records_are_delivered_and_checkpointed_with_their_sub_sequence_numbers);
+fn aggregated_sub_records_are_delivered_and_checkpointed_with_their_sub_sequence_numbers(
+    order: FieldOrder,
+) {
     let kafka = Kafka::start(1, "kpl", 3);
-    let mut r = start(&config_with(
-        &kafka.bootstrap(),
-        "kpl",
-        json!({"pipeline": {"wait_for_ack": true}}),
-    ));
+    let mut r = start_in(
+        order,
+        &config_with(
+            &kafka.bootstrap(),
+            "kpl",
+            json!({"pipeline": {"wait_for_ack": true}}),
+        ),
+    );
     r.initialize(SHARD, TRIM_HORIZON);
     let first = aggregated(0, 4);
     let second = aggregated(1, 3);
@@ -397,16 +433,20 @@ fn aggregated_sub_records_are_delivered_and_checkpointed_with_their_sub_sequence
     let all: Vec<TestRecord> = first.into_iter().chain(second).collect();
     let messages = kafka.read(all.len(), READ);
     assert_delivered(&messages, SHARD, &all);
+    assert_batches_took_their_path(&r);
 }
 
-#[test]
-fn headers_can_be_turned_off() {
+both_paths!(headers_can_be_turned_off);
+fn headers_can_be_turned_off(order: FieldOrder) {
     let kafka = Kafka::start(1, "no-headers", 1);
-    let mut r = start_initialized(&config_with(
-        &kafka.bootstrap(),
-        "no-headers",
-        json!({"records": {"headers": false}}),
-    ));
+    let mut r = start_initialized_in(
+        order,
+        &config_with(
+            &kafka.bootstrap(),
+            "no-headers",
+            json!({"records": {"headers": false}}),
+        ),
+    );
     let all = records(0, 20);
     r.process_records(&all, Some(0));
     r.shard_ended();
@@ -414,16 +454,20 @@ fn headers_can_be_turned_off() {
     let messages = kafka.read(all.len(), READ);
     assert_delivered_by_value(&messages, &all);
     assert!(messages.iter().all(|m| m.headers.is_empty()));
+    assert_batches_took_their_path(&r);
 }
 
-#[test]
-fn a_fourteen_megabyte_process_records_line_is_read_whole() {
+both_paths!(a_fourteen_megabyte_process_records_line_is_read_whole);
+fn a_fourteen_megabyte_process_records_line_is_read_whole(order: FieldOrder) {
     let kafka = Kafka::start(1, "huge-line", 4);
-    let mut r = start(&config_with(
-        &kafka.bootstrap(),
-        "huge-line",
-        json!({"pipeline": {"wait_for_ack": true}}),
-    ));
+    let mut r = start_in(
+        order,
+        &config_with(
+            &kafka.bootstrap(),
+            "huge-line",
+            json!({"pipeline": {"wait_for_ack": true}}),
+        ),
+    );
     r.timeout = Duration::from_secs(120);
     r.initialize(SHARD, TRIM_HORIZON);
     let mut all = records(0, 10_000);
@@ -432,7 +476,7 @@ fn a_fourteen_megabyte_process_records_line_is_read_whole() {
         data[..8].copy_from_slice(&(i as u64).to_be_bytes());
         record.data = Some(data);
     }
-    let line_len = process_records_line(&all, Some(0)).len();
+    let line_len = process_records_line_in(order, &all, Some(0)).len();
     assert!(line_len > 13_000_000, "{line_len}");
     r.process_records(&all, Some(0));
     assert_eq!(r.lease_checkpoint(), all[9_999].ext_seq(), "{}", r.dump());
@@ -444,4 +488,26 @@ fn a_fourteen_megabyte_process_records_line_is_read_whole() {
     );
     let messages = kafka.read(all.len(), Duration::from_secs(60));
     assert_delivered(&messages, SHARD, &all);
+    assert_batches_took_their_path(&r);
+}
+
+#[test]
+fn each_field_order_takes_its_path_and_delivers_the_same_records() {
+    for order in FieldOrder::ALL {
+        let kafka = Kafka::start(1, "orders", 2);
+        let mut r = start_initialized_in(order, &base_config(&kafka.bootstrap(), "orders"));
+        let all = records(0, 10);
+        r.process_records(&all, Some(5));
+        r.process_records(&[], None);
+        r.shard_ended();
+        assert!(r.wait_exit(EXIT).success(), "{order:?}\n{}", r.dump());
+        assert_eq!(
+            batches_logged(&r.stderr()),
+            vec![(10, order.is_streamed()), (0, order.is_streamed())],
+            "{order:?}\n{}",
+            r.dump()
+        );
+        assert_eq!(r.last_checkpoint(), Some(ExtSeq::shard_end()), "{order:?}");
+        assert_delivered(&kafka.read(all.len(), READ), SHARD, &all);
+    }
 }

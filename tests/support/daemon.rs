@@ -3,7 +3,8 @@
 //! It starts the real binary on real pipes and behaves the way `multilang-protocol.md` describes
 //! the Java daemon:
 //!
-//! - every message is one compact JSON line with explicit nulls, fields in Jackson's order;
+//! - every message is one compact JSON line with explicit nulls, fields in Jackson's order
+//!   (`processRecords` lines can be written in another order, see [`FieldOrder`]);
 //! - the child's stdout is read by a background thread into a channel, so every wait is bounded
 //!   (`timeout`, 30 s by default) instead of hanging the test;
 //! - child lines are parsed the way Jackson parses them into `Message`: an empty line is skipped,
@@ -331,20 +332,86 @@ impl TestRecord {
 
     /// `JsonFriendlyRecord` as Jackson writes it.
     pub fn to_json(&self) -> String {
-        format!(
-            r#"{{"data":{},"partitionKey":{},"sequenceNumber":{},"approximateArrivalTimestamp":{},"subSequenceNumber":{},"action":"record"}}"#,
-            json_opt_str(
-                self.data
-                    .as_ref()
-                    .map(|d| base64::engine::general_purpose::STANDARD.encode(d))
-                    .as_deref()
-            ),
-            json_opt_str(self.partition_key.as_deref()),
-            json_str(&self.sequence_number),
-            json_opt_i64(self.arrival_ms),
-            json_opt_i64(self.sub_sequence_number),
-        )
+        self.to_json_in(FieldOrder::Daemon)
     }
+
+    /// The record's JSON object with its fields in `order` (same values, explicit nulls).
+    pub fn to_json_in(&self, order: FieldOrder) -> String {
+        let data = json_opt_str(
+            self.data
+                .as_ref()
+                .map(|d| base64::engine::general_purpose::STANDARD.encode(d))
+                .as_deref(),
+        );
+        let mut fields = [
+            ("data", data),
+            ("partitionKey", json_opt_str(self.partition_key.as_deref())),
+            ("sequenceNumber", json_str(&self.sequence_number)),
+            ("approximateArrivalTimestamp", json_opt_i64(self.arrival_ms)),
+            ("subSequenceNumber", json_opt_i64(self.sub_sequence_number)),
+            ("action", json_str("record")),
+        ];
+        if order.reverses_records() {
+            fields.reverse();
+        }
+        json_object(&fields)
+    }
+}
+
+/// How the double writes a `processRecords` line.
+///
+/// The daemon (Jackson) always writes its fields in one order, and the binary recognises that
+/// order by the line's first bytes (`STREAMED_BATCH_PREFIX`) and reads the batch record by
+/// record. Any other order is the same message to a JSON reader, and the binary must read such
+/// a line whole and parse it. Every order writes the same values with the same explicit nulls.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum FieldOrder {
+    /// Jackson's order, exactly as the daemon writes it (the streamed path):
+    /// `{"action":"processRecords","records":[{"data":..,"partitionKey":..,"sequenceNumber":..,
+    /// "approximateArrivalTimestamp":..,"subSequenceNumber":..,"action":"record"}],
+    /// "millisBehindLatest":N}`.
+    #[default]
+    Daemon,
+    /// `millisBehindLatest` before `records`, records as the daemon writes them (read whole):
+    /// `{"action":"processRecords","millisBehindLatest":N,"records":[...]}`.
+    MillisFirst,
+    /// Every object's fields in reverse, the records' own fields too (read whole):
+    /// `{"millisBehindLatest":N,"records":[{"action":"record",...,"data":..}],
+    /// "action":"processRecords"}`.
+    Reversed,
+}
+
+impl FieldOrder {
+    pub const ALL: [FieldOrder; 3] = [
+        FieldOrder::Daemon,
+        FieldOrder::MillisFirst,
+        FieldOrder::Reversed,
+    ];
+
+    /// Whether the binary reads a line in this order record by record (it starts with the
+    /// daemon's exact prefix) rather than whole.
+    pub fn is_streamed(self) -> bool {
+        self == FieldOrder::Daemon
+    }
+
+    fn reverses_records(self) -> bool {
+        self == FieldOrder::Reversed
+    }
+}
+
+/// `{"k":v,...}` from already-serialized values, in the order given.
+fn json_object(fields: &[(&str, String)]) -> String {
+    let mut out = String::from("{");
+    for (i, (key, value)) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&json_str(key));
+        out.push(':');
+        out.push_str(value);
+    }
+    out.push('}');
+    out
 }
 
 const SEQ_PREFIX: &str = "4959033827149025660855969253836157109592";
@@ -404,19 +471,33 @@ pub fn initialize_line(shard_id: &str, seq: Option<&str>, sub: Option<i64>) -> S
     )
 }
 
+/// A `processRecords` line exactly as the daemon writes it.
 pub fn process_records_line(records: &[TestRecord], millis_behind: Option<i64>) -> String {
-    let mut line = String::from(r#"{"action":"processRecords","records":["#);
+    process_records_line_in(FieldOrder::Daemon, records, millis_behind)
+}
+
+/// A `processRecords` line with its fields (and its records' fields) in `order`.
+pub fn process_records_line_in(
+    order: FieldOrder,
+    records: &[TestRecord],
+    millis_behind: Option<i64>,
+) -> String {
+    let mut list = String::from("[");
     for (i, record) in records.iter().enumerate() {
         if i > 0 {
-            line.push(',');
+            list.push(',');
         }
-        line.push_str(&record.to_json());
+        list.push_str(&record.to_json_in(order));
     }
-    line.push_str(&format!(
-        r#"],"millisBehindLatest":{}}}"#,
-        json_opt_i64(millis_behind)
-    ));
-    line
+    list.push(']');
+    let action = ("action", json_str("processRecords"));
+    let records = ("records", list);
+    let millis = ("millisBehindLatest", json_opt_i64(millis_behind));
+    match order {
+        FieldOrder::Daemon => json_object(&[action, records, millis]),
+        FieldOrder::MillisFirst => json_object(&[action, millis, records]),
+        FieldOrder::Reversed => json_object(&[millis, records, action]),
+    }
 }
 
 pub fn checkpoint_reply_line(seq: Option<&str>, sub: Option<i64>, error: Option<&str>) -> String {
@@ -660,6 +741,8 @@ pub struct Daemon {
     exit: Option<ExitStatus>,
     /// Bound on every wait for a message from the child.
     pub timeout: Duration,
+    /// How `processRecords` lines are written (the daemon's order unless told otherwise).
+    pub field_order: FieldOrder,
     pub shard_id: Option<String>,
     pub lease: LeaseCheckpointer,
     transcript: Vec<Event>,
@@ -723,6 +806,7 @@ impl Daemon {
             stderr_ended: false,
             exit: None,
             timeout: DEFAULT_TIMEOUT,
+            field_order: FieldOrder::Daemon,
             shard_id: None,
             lease: LeaseCheckpointer::new(ExtSeq::new(TRIM_HORIZON, 0)),
             transcript: Vec::new(),
@@ -732,6 +816,12 @@ impl Daemon {
 
     pub fn with_timeout(mut self, timeout: Duration) -> Daemon {
         self.timeout = timeout;
+        self
+    }
+
+    /// Write `processRecords` lines with their fields in `order`.
+    pub fn with_field_order(mut self, order: FieldOrder) -> Daemon {
+        self.field_order = order;
         self
     }
 
@@ -784,7 +874,7 @@ impl Daemon {
                 dropped.iter().map(TestRecord::ext_seq).collect(),
             ));
         }
-        let line = process_records_line(&kept, millis_behind);
+        let line = process_records_line_in(self.field_order, &kept, millis_behind);
         self.run_action("processRecords", line, Checkpointer::Live)
     }
 
