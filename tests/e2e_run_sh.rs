@@ -31,31 +31,7 @@ use std::time::{Duration, Instant};
 use support::kafka::Kafka;
 
 /// The env file from the Python replicator's article, byte for byte.
-const PYTHON_ENV_FILE: &str = "\
-# Example for KCL configuration
-KCL_STREAM_NAME=kafka-kinesis-replicator-test
-KCL_APPLICATION_NAME=replicator-app-name
-KCL_REGION=eu-west-1
-KCL_INITIAL_POSITION=LATEST
-KCL_LOG_LEVEL=DEBUG
-KCL_AWS_CREDENTIALS_PROVIDER=DefaultCredentialsProvider
-
-# Example for Kafka and global configuration
-SLEEP_SECONDS=5
-CHECKPOINT_RETRIES=5
-CHECKPOINT_FREQ_SECONDS=30
-KAFKA_TOPIC=kinesis_kafka_replication_test
-KAFKA_BOOTSTRAP_SERVERS=bootstrap-server:9094
-KAFKA_SASL_USERNAME=kafka-user
-KAFKA_SASL_PASSWORD=kafka-password
-KAFKA_SASL_MECHANISM=SCRAM-SHA-512
-KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT
-KAFKA_CLIENT_ID=replicator-client
-NUMBER_OF_SHARDS=4
-AWS_ACCESS_KEY_ID=example-key-id
-AWS_SECRET_ACCESS_KEY=example-secret-key
-AWS_SESSION_TOKEN=example-token
-";
+const PYTHON_ENV_FILE: &str = include_str!("fixtures/python-replicator.env");
 
 /// Values that must never appear in any output or rendered file.
 const SECRETS: [&str; 3] = ["kafka-password", "example-secret-key", "example-token"];

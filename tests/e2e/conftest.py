@@ -26,32 +26,9 @@ sys.path.insert(0, str(REPO / "scripts" / "local"))
 from kkrlocal.records import Report, Writer, checkpoint_gaps, read_topic, reckon  # noqa: E402
 from kkrlocal.stack import Stack  # noqa: E402
 
-# The Python replicator's env file, from the article its users come from, byte for byte.
-PYTHON_ENV_FILE = """\
-# Example for KCL configuration
-KCL_STREAM_NAME=kafka-kinesis-replicator-test
-KCL_APPLICATION_NAME=replicator-app-name
-KCL_REGION=eu-west-1
-KCL_INITIAL_POSITION=LATEST
-KCL_LOG_LEVEL=DEBUG
-KCL_AWS_CREDENTIALS_PROVIDER=DefaultCredentialsProvider
-
-# Example for Kafka and global configuration
-SLEEP_SECONDS=5
-CHECKPOINT_RETRIES=5
-CHECKPOINT_FREQ_SECONDS=30
-KAFKA_TOPIC=kinesis_kafka_replication_test
-KAFKA_BOOTSTRAP_SERVERS=bootstrap-server:9094
-KAFKA_SASL_USERNAME=kafka-user
-KAFKA_SASL_PASSWORD=kafka-password
-KAFKA_SASL_MECHANISM=SCRAM-SHA-512
-KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT
-KAFKA_CLIENT_ID=replicator-client
-NUMBER_OF_SHARDS=4
-AWS_ACCESS_KEY_ID=example-key-id
-AWS_SECRET_ACCESS_KEY=example-secret-key
-AWS_SESSION_TOKEN=example-token
-"""
+# The Python replicator's env file, from the article its users come from, byte for byte
+# (tests/e2e_run_sh.rs reads the same file).
+PYTHON_ENV_FILE = (Path(__file__).resolve().parents[1] / "fixtures" / "python-replicator.env").read_text()
 SCRAM_USERS = {"kafka-user": "kafka-password"}
 
 FIGURES = REPO / "target" / "e2e" / "figures.jsonl"
