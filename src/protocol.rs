@@ -288,6 +288,13 @@ impl<R: Read> LineReader<R> {
         self.input.consume(n);
     }
 
+    /// For the fuzz targets (`fuzz/`) only, not part of the API: what has not been consumed
+    /// yet, as the bytes already read into the buffer and the input itself.
+    #[doc(hidden)]
+    pub fn unconsumed(&self) -> (&[u8], &R) {
+        (self.input.buffer(), self.input.get_ref())
+    }
+
     /// Reads the next object of a JSON array whose opening `[` is already consumed, into
     /// `buf`; skips the commas and white space between objects, and consumes the closing
     /// `]`. Objects are delimited by tracking strings, escapes and nesting, which is all
@@ -324,19 +331,22 @@ impl<R: Read> LineReader<R> {
             let mut end = None;
             while i < available.len() {
                 if escaped {
+                    if available[i] == b'\n' {
+                        return Ok(ArrayItem::Unexpected(b'\n'));
+                    }
                     escaped = false;
                     i += 1;
                     continue;
                 }
                 if in_string {
-                    match memchr::memchr2(b'"', b'\\', &available[i..]) {
+                    match memchr::memchr3(b'"', b'\\', b'\n', &available[i..]) {
                         None => i = available.len(),
                         Some(offset) => {
                             let at = i + offset;
-                            if available[at] == b'\\' {
-                                escaped = true;
-                            } else {
-                                in_string = false;
+                            match available[at] {
+                                b'\\' => escaped = true,
+                                b'"' => in_string = false,
+                                _ => return Ok(ArrayItem::Unexpected(b'\n')),
                             }
                             i = at + 1;
                         }
@@ -733,6 +743,21 @@ mod tests {
         assert_eq!(stream(bad, 5).1, Err("Unexpected(55)".into()));
         let empty = b"{\"action\":\"processRecords\",\"records\":[],\"millisBehindLatest\":null}\n";
         assert_eq!(stream(empty, 3), (vec![], Ok(None)));
+    }
+
+    /// Found by the protocol_batch fuzz target: a raw newline inside a string (which Jackson
+    /// never writes) made the reader run past the end of the line, into the next messages or,
+    /// on a pipe, into a wait for bytes the daemon never sends.
+    #[test]
+    fn a_raw_newline_inside_a_string_ends_the_streamed_batch_as_malformed() {
+        for line in [
+            &b"{\"action\":\"processRecords\",\"records\":[{\"\n8\n"[..],
+            &b"{\"action\":\"processRecords\",\"records\":[{\"k\\\n\"}]}\n{}\n"[..],
+        ] {
+            for chunk in [1, 3, 64] {
+                assert_eq!(stream(line, chunk).1, Err("Unexpected(10)".into()), "{line:?}");
+            }
+        }
     }
 
     #[test]
