@@ -755,7 +755,11 @@ mod tests {
             &b"{\"action\":\"processRecords\",\"records\":[{\"k\\\n\"}]}\n{}\n"[..],
         ] {
             for chunk in [1, 3, 64] {
-                assert_eq!(stream(line, chunk).1, Err("Unexpected(10)".into()), "{line:?}");
+                assert_eq!(
+                    stream(line, chunk).1,
+                    Err("Unexpected(10)".into()),
+                    "{line:?}"
+                );
             }
         }
     }
