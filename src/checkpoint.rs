@@ -247,9 +247,8 @@ impl Frontier {
         self.lock().state()
     }
 
-    /// Records and payload bytes in flight: the cheap check made after every record.
-    /// Records and bytes in flight, and whether a delivery failure is recorded: what the
-    /// reader checks after every record, under one lock.
+    /// Records and payload bytes in flight, and whether a delivery failure is recorded: the
+    /// cheap check made after every record, under one lock.
     pub fn in_flight(&self) -> (usize, usize, bool) {
         let inner = self.lock();
         (

@@ -11,7 +11,6 @@ and topic, so tests never see each other's records. Every wait has a deadline.
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 import time
@@ -138,8 +137,7 @@ def assert_complete(report: Report, max_duplicates: int | None = 0) -> None:
         assert report.duplicates <= max_duplicates, report.line()
 
 
-def secret_free(text: str, secrets: list[str]) -> list[str]:
+def secrets_in(text: str, secrets: list[str]) -> list[str]:
+    """The secrets that appear in `text` (empty when none does)."""
     return [s for s in secrets if s in text]
 
-
-os.environ.setdefault("PYTHONUNBUFFERED", "1")

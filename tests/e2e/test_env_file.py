@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaException
-from conftest import PYTHON_ENV_FILE, assert_complete, parse_env_file, secret_free, wait_until
+from conftest import PYTHON_ENV_FILE, assert_complete, parse_env_file, secrets_in, wait_until
 from kkrlocal.env import RUN_SH
 from kkrlocal.records import Writer, checkpoint_gaps, read_topic, reckon
 
@@ -45,7 +45,7 @@ def files_with_secrets(root: Path, secrets: list[str]) -> dict[str, list[str]]:
     """Every file under `root` that holds one of `secrets`: path -> the secrets found."""
     found = {}
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        hits = secret_free(path.read_bytes().decode("latin-1"), secrets)
+        hits = secrets_in(path.read_bytes().decode("latin-1"), secrets)
         if hits:
             found[str(path)] = hits
     return found
@@ -119,7 +119,7 @@ def test_python_env_file_verbatim_with_scram(scenario):
 
     # No secret on any command line (the daemon's, the children's: executableName).
     pids = [replicator.service.pid, *replicator.children()]
-    cmdlines_with_secrets = {pid: secret_free(cmdline(pid), SECRETS) for pid in pids if secret_free(cmdline(pid), SECRETS)}
+    cmdlines_with_secrets = {pid: secrets_in(cmdline(pid), SECRETS) for pid in pids if secrets_in(cmdline(pid), SECRETS)}
     children = len(replicator.children())
 
     # A dry run with the same variables: the rendered properties and the Java command, shown.
@@ -178,9 +178,9 @@ def test_python_env_file_verbatim_with_scram(scenario):
     # No secret anywhere: the daemon log (run.sh's stdout and stderr, the daemon's, every
     # child's stderr), every file of REPLICATOR_WORK_DIR (kcl.properties, logback.xml, the
     # dry run's), the dry run's output, the command lines.
-    assert not secret_free(log, SECRETS), f"secrets in {replicator.log_path}: {secret_free(log, SECRETS)}"
+    assert not secrets_in(log, SECRETS), f"secrets in {replicator.log_path}: {secrets_in(log, SECRETS)}"
     assert not files_with_secrets(replicator.workdir, SECRETS), files_with_secrets(replicator.workdir, SECRETS)
-    assert not secret_free(dry.stdout + dry.stderr, SECRETS), secret_free(dry.stdout + dry.stderr, SECRETS)
+    assert not secrets_in(dry.stdout + dry.stderr, SECRETS), secrets_in(dry.stdout + dry.stderr, SECRETS)
     assert not cmdlines_with_secrets, cmdlines_with_secrets
 
     # Wrong password: exit 1 (the Kafka check), authentication named, no JVM, no secret.
@@ -191,5 +191,5 @@ def test_python_env_file_verbatim_with_scram(scenario):
     assert "refused the SASL credentials" in summary and "KAFKA_SASL_PASSWORD" in summary, summary
     assert bad_seconds < 8, f"the wrong password took {bad_seconds:.1f} s to be reported"
     assert "MultiLangDaemon" not in bad_output and "software.amazon.kinesis" not in bad_output, bad_output
-    assert not secret_free(bad_output, [*SECRETS, WRONG_PASSWORD]), bad_output
+    assert not secrets_in(bad_output, [*SECRETS, WRONG_PASSWORD]), bad_output
     assert not files_with_secrets(bad_dir, [*SECRETS, WRONG_PASSWORD])

@@ -78,7 +78,7 @@ def short(sequence: str | None) -> str:
     return f"…{sequence[-8:]}"
 
 
-def progress(stack, writer, leases: dict, in_kafka: int, started: float, state: str) -> list[str]:
+def progress(writer, leases: dict, in_kafka: int, started: float, state: str) -> list[str]:
     put = writer.count
     lines = [
         f"kinesis-kafka-replicator, local  {time.monotonic() - started:6.0f} s  {state}",
@@ -145,7 +145,7 @@ def main(argv: list[str]) -> int:
         in_kafka = 0
         while not interrupted:
             if not replicator.alive():
-                view.show(progress(stack, writer, leases, in_kafka, started, "the daemon exited"))
+                view.show(progress(writer, leases, in_kafka, started, "the daemon exited"))
                 say(f"the daemon exited; the end of its log ({replicator.log_path}):\n" + "\n".join(replicator.log().splitlines()[-20:]))
                 return 1
             leases = stack.moto.leases(APPLICATION)
@@ -158,10 +158,10 @@ def main(argv: list[str]) -> int:
                     break
                 if time.monotonic() - started > args.seconds + 120:
                     break
-            view.show(progress(stack, writer, leases, in_kafka, started, state))
+            view.show(progress(writer, leases, in_kafka, started, state))
             time.sleep(1)
         writer.stop()
-        view.show(progress(stack, writer, stack.moto.leases(APPLICATION), count_topic(stack.kafka.bootstrap, TOPIC), started, "done"))
+        view.show(progress(writer, stack.moto.leases(APPLICATION), count_topic(stack.kafka.bootstrap, TOPIC), started, "done"))
 
         messages = read_topic(stack.kafka.bootstrap, TOPIC, until_count=writer.count, timeout=30, idle=1.0)
         report = reckon(writer, messages)
