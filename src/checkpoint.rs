@@ -228,6 +228,13 @@ impl Frontier {
         self.changed.notify_all();
     }
 
+    /// The oldest record still in flight (or the next id, when none is) and the id the
+    /// next tracked record gets.
+    pub fn id_range(&self) -> (RecordId, RecordId) {
+        let inner = self.lock();
+        (inner.first_id, inner.first_id + inner.slots.len())
+    }
+
     /// The position of a record still in flight.
     pub fn position(&self, id: RecordId) -> Option<Position> {
         let inner = self.lock();

@@ -15,12 +15,13 @@ use anyhow::{anyhow, Context as _, Result};
 use log::{debug, error, info, warn};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{DeliveryResult, Header, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, DeliveryResult, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
 use crate::checkpoint::{Frontier, Position, RecordId};
 use crate::config::{Config, PartitionStrategy, TimestampSource};
+use crate::produce_again::{self, Delivered, ProduceAgain};
 use crate::transform::{
     KafkaMessage, KinesisRecord, HEADER_ARRIVAL_TIMESTAMP, HEADER_SEQUENCE_NUMBER, HEADER_SHARD_ID,
     HEADER_SUB_SEQUENCE_NUMBER,
@@ -32,12 +33,21 @@ pub const HEADER_DEAD_LETTER_SOURCE_TOPIC: &str = "dlq.source.topic";
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A message handed back by the delivery thread to be dead-lettered: Kafka refused it for
-/// good and a dead-letter topic is configured.
+/// A message handed back by the delivery thread to the session, which may produce.
 struct Returned {
-    id: RecordId,
+    /// The delivery opaque: record id and generation ([`produce_again::opaque`]).
+    opaque: usize,
     message: Refused,
-    reason: String,
+    what: Handback,
+}
+
+enum Handback {
+    /// Kafka refused it for good and a dead-letter topic is configured.
+    DeadLetter { reason: String },
+    /// Refused only because a batchmate was invalid: produce it again to its partition.
+    Again { partition: i32, reason: String },
+    /// Delivered, but maybe ahead of a batchmate produced again: copy it behind.
+    Delivered { partition: i32 },
 }
 
 /// Receives delivery reports on librdkafka's thread.
@@ -45,6 +55,7 @@ pub struct DeliveryContext {
     frontier: Arc<Frontier>,
     dead_letter_topic: Option<String>,
     returned: Mutex<Vec<Returned>>,
+    again: ProduceAgain,
     dead_lettered: AtomicU64,
     last_error: LastError,
 }
@@ -62,13 +73,26 @@ impl ClientContext for DeliveryContext {
 impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, id: usize) {
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        let (id, _) = produce_again::split_opaque(opaque);
         let (error, message) = match result {
             Ok(message) => {
                 if self.is_dead_letter_topic(message.topic()) {
                     self.dead_lettered.fetch_add(1, Ordering::Relaxed);
                 }
-                self.frontier.acknowledge(id);
+                match self
+                    .again
+                    .delivered(message.topic(), message.partition(), opaque)
+                {
+                    Delivered::Acknowledge => self.frontier.acknowledge(id),
+                    Delivered::Ask => self.hand_back(
+                        opaque,
+                        message,
+                        Handback::Delivered {
+                            partition: message.partition(),
+                        },
+                    ),
+                }
                 return;
             }
             Err((error, message)) => (error, message),
@@ -90,6 +114,20 @@ impl ProducerContext for DeliveryContext {
                 );
                 return;
             }
+            // A good message in a batch the broker refused for another record of it.
+            Some(RDKafkaErrorCode::InvalidDifferentRecord) => {
+                self.again
+                    .refused_batchmate(message.topic(), message.partition(), id);
+                self.hand_back(
+                    opaque,
+                    message,
+                    Handback::Again {
+                        partition: message.partition(),
+                        reason: format!("{error}"),
+                    },
+                );
+                return;
+            }
             _ => format!(
                 "Kafka refused the message for topic {} partition {}: {error}",
                 message.topic(),
@@ -100,8 +138,15 @@ impl ProducerContext for DeliveryContext {
             self.frontier.fail(id, reason);
             return;
         }
+        self.hand_back(opaque, message, Handback::DeadLetter { reason });
+    }
+}
+
+impl DeliveryContext {
+    /// Copies a reported message for the session thread, which produces from it.
+    fn hand_back(&self, opaque: usize, message: &BorrowedMessage<'_>, what: Handback) {
         let returned = Returned {
-            id,
+            opaque,
             message: Refused {
                 topic: message.topic().to_owned(),
                 key: message.key().map(<[u8]>::to_vec),
@@ -109,7 +154,7 @@ impl ProducerContext for DeliveryContext {
                 timestamp: message.timestamp().to_millis(),
                 headers: message.headers().map(|h| h.detach()),
             },
-            reason,
+            what,
         };
         if let Ok(mut list) = self.returned.lock() {
             list.push(returned);
@@ -202,6 +247,12 @@ pub struct KafkaSink {
     shard_ordinal: u64,
     /// Partition counts of the topics written to, for partitioning by shard.
     partition_counts: HashMap<String, i32>,
+    /// Times each record was produced again for a refused batchmate, while any
+    /// partition is watched ([`produce_again`]).
+    attempts: HashMap<RecordId, u32>,
+    /// Messages produced again for a refused batchmate, and copies made behind them.
+    produced_again: u64,
+    copies: u64,
 }
 
 impl KafkaSink {
@@ -210,6 +261,7 @@ impl KafkaSink {
             frontier: frontier.clone(),
             dead_letter_topic: config.dead_letter_topic().map(str::to_owned),
             returned: Mutex::new(Vec::new()),
+            again: ProduceAgain::default(),
             dead_lettered: AtomicU64::new(0),
             last_error: LastError::default(),
         };
@@ -227,6 +279,9 @@ impl KafkaSink {
             shard_id: String::new(),
             shard_ordinal: 0,
             partition_counts: HashMap::new(),
+            attempts: HashMap::new(),
+            produced_again: 0,
+            copies: 0,
         })
     }
 
@@ -418,7 +473,18 @@ impl KafkaSink {
 
     /// Hands one message to librdkafka, waiting while its queue is full.
     fn enqueue(&self, id: RecordId, message: Outgoing<'_>) -> Result<(), (String, Refused)> {
-        let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(message.topic, id);
+        let generation = self.producer.context().again.generation();
+        self.enqueue_stamped(produce_again::opaque(id, generation), message)
+    }
+
+    /// [`Self::enqueue`] with the delivery opaque given.
+    fn enqueue_stamped(
+        &self,
+        opaque: usize,
+        message: Outgoing<'_>,
+    ) -> Result<(), (String, Refused)> {
+        let (id, _) = produce_again::split_opaque(opaque);
+        let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(message.topic, opaque);
         if let Some(key) = message.key {
             record = record.key(key);
         }
@@ -483,18 +549,108 @@ impl KafkaSink {
         }
     }
 
-    /// Dead-letters what the delivery thread handed back (messages Kafka refused for good).
-    /// What cannot be sent fails its record in the frontier, where the session finds it.
+    /// Produces what the delivery thread handed back: batchmates of a refused record again,
+    /// the copies that keep their partition's order, and messages Kafka refused for good
+    /// to the dead-letter topic. What cannot be sent fails its record in the frontier,
+    /// where the session finds it.
     pub fn handle_returned(&mut self) {
         let returned = match self.producer.context().returned.lock() {
             Ok(mut list) => std::mem::take(&mut *list),
             Err(_) => return,
         };
         for r in returned {
-            let position = self.frontier.position(r.id);
-            if let Err(e) = self.dead_letter_or_fail(r.id, r.message, r.reason, position.as_ref()) {
-                self.frontier.fail(r.id, e.0);
+            let (id, _) = produce_again::split_opaque(r.opaque);
+            match r.what {
+                Handback::DeadLetter { reason } => {
+                    let position = self.frontier.position(id);
+                    if let Err(e) =
+                        self.dead_letter_or_fail(id, r.message, reason, position.as_ref())
+                    {
+                        self.frontier.fail(id, e.0);
+                    }
+                }
+                Handback::Again { partition, reason } => {
+                    self.produce_again(id, partition, r.message, &reason)
+                }
+                Handback::Delivered { partition } => {
+                    let again = &self.producer.context().again;
+                    if again.copy(&r.message.topic, partition, r.opaque) {
+                        let stamp = produce_again::opaque(id, again.generation());
+                        self.copies += 1;
+                        self.send_again(stamp, partition, r.message);
+                    } else {
+                        self.frontier.acknowledge(id);
+                    }
+                }
             }
+        }
+        let (first_unresolved, _) = self.frontier.id_range();
+        if self
+            .producer
+            .context()
+            .again
+            .close_settled(first_unresolved)
+            == 0
+        {
+            self.attempts.clear();
+        }
+    }
+
+    /// Produces again a message refused because a batchmate was invalid, to the partition
+    /// it was refused from, in a new generation: whatever was queued to that partition
+    /// before it is copied behind it as it is reported delivered.
+    fn produce_again(&mut self, id: RecordId, partition: i32, message: Refused, reason: &str) {
+        let attempts = self.attempts.entry(id).or_insert(0);
+        *attempts += 1;
+        if *attempts > produce_again::MAX_ATTEMPTS {
+            self.producer
+                .context()
+                .again
+                .given_up(&message.topic, partition);
+            self.frontier.fail(
+                id,
+                format!(
+                    "Kafka refused the message for topic {} partition {partition} {} times, each time because another record of its batch was invalid: {reason}",
+                    message.topic,
+                    produce_again::MAX_ATTEMPTS
+                ),
+            );
+            return;
+        }
+        let (_, next_id) = self.frontier.id_range();
+        let generation =
+            self.producer
+                .context()
+                .again
+                .producing_again(&message.topic, partition, id, next_id);
+        self.produced_again += 1;
+        if self.produced_again == 1 || self.produced_again.is_power_of_two() {
+            warn!(
+                "producing again a message of {} to {} partition {partition}: the broker refused its batch for another record in it ({reason}); {} so far, and {} copies of later messages of such partitions to keep each key's last copy in order",
+                self.frontier
+                    .position(id)
+                    .map_or("a record without sequence number".to_owned(), |p| p.to_string()),
+                message.topic,
+                self.produced_again,
+                self.copies
+            );
+        }
+        self.send_again(produce_again::opaque(id, generation), partition, message);
+    }
+
+    /// Queues a message again, as it was, to the partition it went to.
+    fn send_again(&mut self, opaque: usize, partition: i32, message: Refused) {
+        let (id, _) = produce_again::split_opaque(opaque);
+        let outgoing = Outgoing {
+            topic: &message.topic,
+            key: message.key.as_deref(),
+            value: message.value.as_deref(),
+            partition: Some(partition),
+            timestamp: message.timestamp,
+            headers: message.headers,
+        };
+        if let Err((reason, _)) = self.enqueue_stamped(opaque, outgoing) {
+            self.frontier.fail(id, reason);
         }
     }
 
@@ -518,14 +674,36 @@ impl KafkaSink {
             .load(Ordering::Relaxed)
     }
 
+    /// Messages produced again for a refused batchmate, and copies made behind them.
+    pub fn produced_again(&self) -> (u64, u64) {
+        (self.produced_again, self.copies)
+    }
+
     pub fn last_client_error(&self) -> Option<String> {
         self.producer.context().last_error.get()
     }
 
-    /// Gives librdkafka a bounded time to deliver what is queued.
-    pub fn flush(&self, timeout: Duration) {
-        if let Err(e) = self.producer.flush(timeout) {
-            debug!("flush: {e}");
+    /// Gives librdkafka a bounded time to deliver what is queued, producing meanwhile
+    /// what the delivery thread hands back (batchmates of a refused record and their
+    /// copies, dead letters), so that the checkpoint can reach them.
+    pub fn flush(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.handle_returned();
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            let flushed = self.producer.flush(left.min(Duration::from_millis(100)));
+            let nothing_returned = self
+                .producer
+                .context()
+                .returned
+                .lock()
+                .map_or(true, |list| list.is_empty());
+            if flushed.is_ok() && nothing_returned {
+                return;
+            }
         }
     }
 }

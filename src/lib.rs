@@ -11,6 +11,7 @@ pub mod config;
 pub mod kafka;
 pub mod logging;
 pub mod processing;
+pub mod produce_again;
 pub mod protocol;
 pub mod replicator;
 pub mod session;

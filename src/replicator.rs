@@ -315,6 +315,9 @@ impl Replicator {
         let Some(failure) = self.frontier.failure() else {
             return Ok(());
         };
+        // Batchmates of a refused record that come before the failure are produced again
+        // first, so that the checkpoint can reach them.
+        self.sink.handle_returned();
         self.sink.flush(self.config.flush_timeout());
         if may_checkpoint {
             self.maybe_checkpoint(channel, true)?;
@@ -474,11 +477,9 @@ impl Replicator {
 
     /// At stdin EOF: give in-flight records a bounded time, then report.
     pub fn finish(&mut self) {
-        let flushed = self
-            .frontier
-            .wait_until(self.config.flush_timeout(), |s| s.in_flight_records == 0);
+        self.sink.flush(self.config.flush_timeout());
         let state = self.frontier.state();
-        if !flushed && state.in_flight_records > 0 {
+        if state.in_flight_records > 0 {
             warn!(
                 "exiting with {} records not acknowledged by Kafka; they are after the last checkpoint and will be read again",
                 state.in_flight_records
@@ -498,8 +499,9 @@ impl Replicator {
     fn log_summary(&mut self) {
         self.last_summary = Instant::now();
         let state = self.frontier.state();
+        let (produced_again, copies) = self.sink.produced_again();
         info!(
-            "records={} bytes={} in_flight={} acknowledged={} dropped={} skipped={} dead_lettered={} last_checkpoint={} millisBehindLatest={}",
+            "records={} bytes={} in_flight={} acknowledged={} dropped={} skipped={} dead_lettered={} produced_again={} copies={} last_checkpoint={} millisBehindLatest={}",
             self.stats.records,
             self.stats.bytes,
             state.in_flight_records,
@@ -507,6 +509,8 @@ impl Replicator {
             self.stats.dropped,
             self.stats.skipped,
             self.sink.dead_lettered(),
+            produced_again,
+            copies,
             if self.shard_end_checkpointed {
                 "SHARD_END".to_owned()
             } else {
