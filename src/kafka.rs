@@ -988,6 +988,59 @@ mod tests {
     }
 
     #[test]
+    fn a_full_queue_does_not_hold_a_record_once_an_earlier_one_failed() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("t", 1, 1).unwrap();
+        let config = Config::from_template(
+            &format!(
+                r#"{{"kafka":{{"bootstrap_servers":"{}","topic":"t","properties":{{"queue.buffering.max.messages":"1"}}}}}}"#,
+                cluster.bootstrap_servers()
+            ),
+            |_| None,
+        )
+        .unwrap();
+        let frontier = Arc::new(Frontier::new());
+        let mut sink = KafkaSink::new(&config, frontier.clone()).unwrap();
+        sink.set_shard("shardId-000000000001", None);
+        // Kafka unreachable: the first message fills librdkafka's queue for good.
+        cluster.broker_down(1).unwrap();
+        let record = KinesisRecord {
+            shard_id: "shardId-000000000001",
+            data: Some(b"payload"),
+            partition_key: Some("k"),
+            sequence_number: None,
+            sub_sequence_number: 0,
+            approximate_arrival_timestamp: None,
+        };
+        let first = frontier.track(Some(Position::new("1", 0)), 1, 7);
+        assert!(sink
+            .send(first, &record, KafkaMessage::from_record(&record))
+            .is_ok());
+        // The shard stops at the first record (say Kafka refused it for good): waiting for
+        // room for the next one would last as long as Kafka is down, and spin.
+        frontier.fail(first, "refused".to_owned());
+        let second = frontier.track(Some(Position::new("2", 0)), 1, 7);
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let sent = sink.send(second, &record, KafkaMessage::from_record(&record));
+                let _ = done.send(sent.is_ok());
+            });
+            let returned = finished.recv_timeout(Duration::from_secs(5));
+            // Let the sender go either way, so that a failing test ends.
+            if returned.is_err() {
+                cluster.broker_up(1).unwrap();
+            }
+            assert_eq!(
+                returned,
+                Ok(true),
+                "send waited on a full queue after a failure"
+            );
+        });
+        assert_eq!(frontier.frontier(), None);
+    }
+
+    #[test]
     fn shard_ordinals() {
         assert_eq!(shard_ordinal("shardId-000000000007"), 7);
         assert_eq!(shard_ordinal("shardId-000000000120"), 120);
