@@ -21,20 +21,21 @@ pub fn expand(template: &str, lookup: impl Fn(&str) -> Option<String>) -> Result
         }
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
+        // Lines before the placeholder, plus its own (`lines()` would miss the line a
+        // placeholder starts).
         let line = template[..template.len() - rest.len() + start]
-            .lines()
+            .matches('\n')
             .count()
-            .max(1);
+            + 1;
         let Some(end) = after.find('}') else {
             bail!("line {line}: `${{` without a closing `}}`");
         };
         let body = &after[..end];
-        let (name, default, empty_is_unset) = if let Some(i) = body.find(":-") {
-            (&body[..i], Some(&body[i + 2..]), true)
-        } else if let Some(i) = body.find('-') {
-            (&body[..i], Some(&body[i + 1..]), false)
-        } else {
-            (body, None, false)
+        // The first `-` ends the name, as in the shell: `${X-a:-b}` defaults to `a:-b`.
+        let (name, default, empty_is_unset) = match body.find('-') {
+            Some(i) if body[..i].ends_with(':') => (&body[..i - 1], Some(&body[i + 1..]), true),
+            Some(i) => (&body[..i], Some(&body[i + 1..]), false),
+            None => (body, None, false),
         };
         if name.is_empty()
             || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
@@ -98,6 +99,10 @@ mod tests {
         assert_eq!(expand("${EMPTY:-d}", &lookup).unwrap(), "d");
         assert_eq!(expand("${EMPTY-d}", &lookup).unwrap(), "");
         assert_eq!(expand("${X-}", &lookup).unwrap(), "");
+        // The first `-` ends the name, as in the shell (found by fuzzing).
+        assert_eq!(expand("${X-a:-b}", &lookup).unwrap(), "a:-b");
+        assert_eq!(expand("${X:-a-b}", &lookup).unwrap(), "a-b");
+        assert_eq!(expand("${EMPTY:-a-b}", &lookup).unwrap(), "a-b");
         assert_eq!(
             expand("no placeholders $X {}", &lookup).unwrap(),
             "no placeholders $X {}"
@@ -110,5 +115,10 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("A (line 2)"), "{msg}");
         assert!(msg.contains("B (line 3)"), "{msg}");
+        // A placeholder at the start of a line is on that line (found by fuzzing).
+        let err = expand("{\n${A}\n}", env(&[])).unwrap_err().to_string();
+        assert!(err.contains("A (line 2)"), "{err}");
+        let err = expand("${A}", env(&[])).unwrap_err().to_string();
+        assert!(err.contains("A (line 1)"), "{err}");
     }
 }
