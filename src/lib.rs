@@ -5,11 +5,13 @@
 //! [`replicator::Replicator`], which maps records to messages ([`transform`]), produces
 //! them ([`kafka`]), and checkpoints the acknowledged frontier ([`checkpoint`]).
 
+pub mod aws_credentials;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod kafka;
 pub mod logging;
+pub mod msk_iam;
 pub mod processing;
 pub mod produce_again;
 pub mod protocol;

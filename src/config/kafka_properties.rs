@@ -26,6 +26,13 @@ impl Config {
         self.kafka.sasl_mechanism.trim().to_ascii_uppercase()
     }
 
+    /// Amazon MSK IAM authentication (`KAFKA_SASL_MECHANISM=AWS_MSK_IAM` over `SASL_*`):
+    /// librdkafka's OAUTHBEARER with tokens from [`crate::msk_iam`].
+    pub fn msk_iam(&self) -> bool {
+        self.security_protocol().starts_with("SASL_")
+            && self.sasl_mechanism() == crate::msk_iam::MECHANISM
+    }
+
     /// The librdkafka properties of the producer, in the order they are applied.
     ///
     /// Safe defaults first (acks=all, idempotence, the Java client's partitioner, no
@@ -53,7 +60,10 @@ impl Config {
             props.push(("security.protocol".into(), protocol.to_ascii_lowercase()));
         }
         let mechanism = self.sasl_mechanism();
-        if protocol.starts_with("SASL_") && !mechanism.is_empty() {
+        if self.msk_iam() {
+            // The token comes from the client context's refresh callback.
+            props.push(("sasl.mechanism".into(), "OAUTHBEARER".into()));
+        } else if protocol.starts_with("SASL_") && !mechanism.is_empty() {
             props.push(("sasl.mechanism".into(), mechanism));
             props.push(("sasl.username".into(), k.sasl_username.clone()));
             props.push(("sasl.password".into(), k.sasl_password.clone()));
@@ -73,6 +83,28 @@ impl Config {
 mod tests {
     use crate::config::tests::env;
     use crate::config::Config;
+
+    #[test]
+    fn aws_msk_iam_is_oauthbearer_without_user_or_password() {
+        let config = Config::from_template(
+            r#"{"kafka":{"bootstrap_servers":"b-1.c.x.c2.kafka.eu-west-1.amazonaws.com:9098","topic":"t","security_protocol":"SASL_SSL","sasl_mechanism":"aws_msk_iam","sasl_username":"ignored","sasl_password":"ignored"}}"#,
+            env(&[]),
+        )
+        .unwrap();
+        assert!(config.msk_iam());
+        let props = config.producer_properties();
+        assert!(props.contains(&("security.protocol".into(), "sasl_ssl".into())));
+        assert!(props.contains(&("sasl.mechanism".into(), "OAUTHBEARER".into())));
+        assert!(!props
+            .iter()
+            .any(|(k, _)| k.starts_with("sasl.username") || k.starts_with("sasl.password")));
+        let plain = Config::from_template(
+            r#"{"kafka":{"bootstrap_servers":"b:1","topic":"t","sasl_mechanism":"PLAIN"}}"#,
+            env(&[]),
+        )
+        .unwrap();
+        assert!(!plain.msk_iam());
+    }
 
     #[test]
     fn raw_properties_override_and_secrets_are_redacted() {

@@ -14,7 +14,12 @@ pub(super) const REDACTED: &str = "********";
 
 /// The security protocols librdkafka knows, as written in `KAFKA_SECURITY_PROTOCOL`.
 const SECURITY_PROTOCOLS: [&str; 4] = ["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"];
-const SASL_MECHANISMS: [&str; 3] = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
+const SASL_MECHANISMS: [&str; 4] = [
+    "PLAIN",
+    "SCRAM-SHA-256",
+    "SCRAM-SHA-512",
+    crate::msk_iam::MECHANISM,
+];
 /// librdkafka settings that make it give up on a message after a while (`delivery.timeout.ms`
 /// is an alias of `message.timeout.ms`); only 0, never, is accepted.
 const DELIVERY_TIMEOUTS: [&str; 2] = ["message.timeout.ms", "delivery.timeout.ms"];
@@ -58,9 +63,14 @@ impl Config {
                     SASL_MECHANISMS.join(", ")
                 );
             }
-            if k.sasl_username.is_empty() || k.sasl_password.is_empty() {
+            if self.msk_iam() {
+                // Signed with the AWS credentials: no user name, no password.
+            } else if k.sasl_username.is_empty() || k.sasl_password.is_empty() {
                 bail!("{protocol} with {mechanism} needs a user name and a password; set KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD");
             }
+        }
+        if self.sasl_mechanism() == crate::msk_iam::MECHANISM && !protocol.starts_with("SASL_") {
+            bail!("KAFKA_SASL_MECHANISM={} needs KAFKA_SECURITY_PROTOCOL=SASL_SSL (MSK's IAM listener, port 9098), not {protocol}", crate::msk_iam::MECHANISM);
         }
         if !k.ssl_ca_location.is_empty() && !Path::new(&k.ssl_ca_location).is_file() {
             bail!(
@@ -205,6 +215,14 @@ mod tests {
             (
                 r#"{"kafka":{"bootstrap_servers":"b:1","topic":"t","security_protocol":"SASL_SSL","sasl_mechanism":"PLAIN"}}"#,
                 "KAFKA_SASL_USERNAME",
+            ),
+            (
+                r#"{"kafka":{"bootstrap_servers":"b:1","topic":"t","sasl_mechanism":"AWS_MSK_IAM"}}"#,
+                "AWS_MSK_IAM needs KAFKA_SECURITY_PROTOCOL=SASL_SSL",
+            ),
+            (
+                r#"{"kafka":{"bootstrap_servers":"b:1","topic":"t","security_protocol":"SASL_SSL","sasl_mechanism":"OAUTH"}}"#,
+                "PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, AWS_MSK_IAM",
             ),
             (
                 r#"{"kafka":{"bootstrap_servers":"b:1","topic":"t"},"checkpoint":{"retries":"five"}}"#,
