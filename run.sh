@@ -38,7 +38,8 @@ environment variables (the Python replicator's env file works unchanged):
 
   required  KCL_STREAM_NAME, KCL_APPLICATION_NAME, KCL_REGION (or AWS_REGION),
             KAFKA_BOOTSTRAP_SERVERS, KAFKA_TOPIC
-            (+ KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD with SASL)
+            (+ KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD with SASL;
+            KAFKA_SASL_MECHANISM=AWS_MSK_IAM signs with the AWS credentials instead)
   optional  KCL_INITIAL_POSITION, KCL_AWS_CREDENTIALS_PROVIDER, KCL_LOG_LEVEL,
             KCL_PROP_<key>=<value> (any daemon property), KAFKA_*, CHECKPOINT_*,
             SLEEP_SECONDS, NUMBER_OF_SHARDS, AWS_* credentials
@@ -125,9 +126,12 @@ need KAFKA_BOOTSTRAP_SERVERS "the Kafka brokers to connect to, host:port[,host:p
 need KAFKA_TOPIC "the Kafka topic to write the records to (it must already exist)"
 security_protocol=$(upper "${KAFKA_SECURITY_PROTOCOL:-PLAINTEXT}")
 if [[ $security_protocol == SASL_* ]]; then
-    need KAFKA_SASL_MECHANISM "the SASL mechanism, because KAFKA_SECURITY_PROTOCOL=$security_protocol: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"
-    need KAFKA_SASL_USERNAME "the SASL user name, because KAFKA_SECURITY_PROTOCOL=$security_protocol"
-    need KAFKA_SASL_PASSWORD "the SASL password, because KAFKA_SECURITY_PROTOCOL=$security_protocol"
+    need KAFKA_SASL_MECHANISM "the SASL mechanism, because KAFKA_SECURITY_PROTOCOL=$security_protocol: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or AWS_MSK_IAM"
+    # AWS_MSK_IAM signs a token with the AWS credentials: no user name, no password.
+    if [[ $(upper "${KAFKA_SASL_MECHANISM:-}") != AWS_MSK_IAM ]]; then
+        need KAFKA_SASL_USERNAME "the SASL user name, because KAFKA_SECURITY_PROTOCOL=$security_protocol"
+        need KAFKA_SASL_PASSWORD "the SASL password, because KAFKA_SECURITY_PROTOCOL=$security_protocol"
+    fi
 fi
 if ((${#missing[@]})); then
     die "$EXIT_CONFIG" "cannot start: ${#missing[@]} required setting(s) missing or empty:" \

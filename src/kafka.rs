@@ -7,12 +7,14 @@
 //! or the in-flight window is full.
 
 use std::collections::HashMap;
+use std::error::Error;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context as _, Result};
 use log::{debug, error, info, warn};
+use rdkafka::client::OAuthToken;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, DeliveryResult, Header, Message, OwnedHeaders};
@@ -21,6 +23,7 @@ use rdkafka::ClientContext;
 
 use crate::checkpoint::{Frontier, Position, RecordId};
 use crate::config::{Config, PartitionStrategy, TimestampSource};
+use crate::msk_iam::{self, MskIam};
 use crate::produce_again::{self, Delivered, ProduceAgain};
 use crate::transform::{
     KafkaMessage, KinesisRecord, HEADER_ARRIVAL_TIMESTAMP, HEADER_SEQUENCE_NUMBER, HEADER_SHARD_ID,
@@ -58,9 +61,18 @@ pub struct DeliveryContext {
     again: ProduceAgain,
     dead_lettered: AtomicU64,
     last_error: LastError,
+    /// Makes the OAUTHBEARER tokens with KAFKA_SASL_MECHANISM=AWS_MSK_IAM.
+    msk_iam: Option<MskIam>,
 }
 
 impl ClientContext for DeliveryContext {
+    // librdkafka asks again at 80% of a token's lifetime; the polling thread answers.
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(&self, _: Option<&str>) -> Result<OAuthToken, Box<dyn Error>> {
+        msk_iam::generate(self.msk_iam.as_ref())
+    }
+
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
         log_librdkafka(level, fac, log_message);
     }
@@ -264,6 +276,7 @@ impl KafkaSink {
             again: ProduceAgain::default(),
             dead_lettered: AtomicU64::new(0),
             last_error: LastError::default(),
+            msk_iam: msk_iam::for_config(config)?,
         };
         let producer: ThreadedProducer<DeliveryContext> = client_config(config)
             .create_with_context(context)
@@ -847,8 +860,13 @@ pub struct TopicCheck {
 /// listed instead).
 pub fn check_topic(config: &Config, topic: &str, timeout: Duration) -> Result<TopicCheck> {
     let producer: BaseProducer<CheckContext> = client_config(config)
-        .create_with_context(CheckContext::default())
+        .create_with_context(CheckContext {
+            last_error: LastError::default(),
+            msk_iam: msk_iam::for_config(config)?,
+        })
         .context("cannot create a Kafka client; check kafka.properties")?;
+    // The first OAUTHBEARER token (AWS_MSK_IAM), before connecting.
+    producer.poll(Duration::ZERO);
     let servers = &config.kafka.bootstrap_servers;
     // In short attempts, polling in between: librdkafka's error events (a refused
     // password, say) only reach the context when the client is polled.
@@ -861,6 +879,9 @@ pub fn check_topic(config: &Config, topic: &str, timeout: Duration) -> Result<To
         // Wrong credentials never fix themselves: say so at once, not after the timeout
         // as "cannot reach Kafka".
         if let Some(reason) = producer.context().last_error.authentication() {
+            if let Some(msk_iam) = &producer.context().msk_iam {
+                return Err(anyhow!(msk_iam.authentication_failed(servers, &reason)));
+            }
             return Err(anyhow!(
                 "Kafka at {servers} refused the SASL credentials ({reason}); check KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD and KAFKA_SASL_MECHANISM"
             ));
@@ -900,12 +921,18 @@ pub fn check_topic(config: &Config, topic: &str, timeout: Duration) -> Result<To
 }
 
 /// The client of `--check-config`: it keeps librdkafka's last error to explain a failure.
-#[derive(Default)]
 struct CheckContext {
     last_error: LastError,
+    msk_iam: Option<MskIam>,
 }
 
 impl ClientContext for CheckContext {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(&self, _: Option<&str>) -> Result<OAuthToken, Box<dyn Error>> {
+        msk_iam::generate(self.msk_iam.as_ref())
+    }
+
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
         log_librdkafka(level, fac, log_message);
     }
