@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The replication benchmark (benches/replication.rs; docs/benchmark.md explains every figure).
+# The replication benchmark (benches/replication/; docs/benchmark.md explains every figure).
 #
 #   scripts/bench.sh                  full run (about 7 minutes on 2 cores); rewrites
 #                                     docs/benchmark.svg and the table in docs/benchmark.md

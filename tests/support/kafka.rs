@@ -1,14 +1,14 @@
-//! An in-process Kafka (librdkafka's mock cluster) and read-back assertions.
+//! The tests' Kafka (librdkafka's mock cluster, started by [`super::broker`]) and read-back
+//! assertions.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::mocking::MockCluster;
-use rdkafka::producer::DefaultProducerContext;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+use super::broker::{start_mock, Cluster};
 use super::daemon::{ExtSeq, TestRecord};
 
 pub const HDR_SHARD: &str = "kinesis.shardId";
@@ -18,19 +18,15 @@ pub const HDR_ARRIVAL: &str = "kinesis.approximateArrivalTimestamp";
 
 /// A mock cluster with one topic. Broker ids are 1..=brokers.
 pub struct Kafka {
-    pub cluster: MockCluster<'static, DefaultProducerContext>,
+    pub cluster: Cluster,
     pub topic: String,
     pub partitions: i32,
 }
 
 impl Kafka {
     pub fn start(brokers: i32, topic: &str, partitions: i32) -> Kafka {
-        let cluster = MockCluster::new(brokers).expect("start the mock cluster");
-        cluster
-            .create_topic(topic, partitions, brokers.min(3))
-            .expect("create the topic");
         Kafka {
-            cluster,
+            cluster: start_mock(brokers, topic, partitions).expect("start the mock cluster"),
             topic: topic.to_string(),
             partitions,
         }

@@ -1,16 +1,25 @@
 //! Test support shared by the integration tests.
 //!
-//! - [`daemon`]: a test double of the KCL MultiLangDaemon that drives the real binary on pipes and
-//!   follows `multilang-protocol.md` (framing, Jackson-like parsing, checkpoint rules, errors).
-//! - [`kafka`]: an in-process Kafka (`rdkafka::mocking::MockCluster`) and read-back assertions.
+//! - [`protocol`]: the protocol as the KCL MultiLangDaemon speaks it (`multilang-protocol.md`:
+//!   framing, Jackson-like parsing, checkpoint rules, errors); [`records`]: the records it hands
+//!   over and the `processRecords` lines that carry them.
+//! - [`daemon`]: the tests' double of the daemon, which drives the real binary on pipes with
+//!   bounded waits and a transcript; [`inline`]: the same protocol on the caller's thread, for the
+//!   benchmark (`benches/replication/main.rs` includes this module).
+//! - [`broker`]: starts and stops a broker (librdkafka's mock cluster, or tansu) with one topic.
+//! - [`kafka`]: the tests' Kafka (a mock cluster) and read-back assertions.
 //! - [`config`]: config files for the binary and the `Command` that starts it.
 //!
-//! Each test file uses only part of this, hence the `dead_code` allowance.
+//! Each test file (and the benchmark) uses only part of this, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod broker;
 pub mod config;
 pub mod daemon;
+pub mod inline;
 pub mod kafka;
+pub mod protocol;
+pub mod records;
 
 use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
