@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use serde_json::json;
-use support::config::{base_config, config_with};
+use support::config::config_with;
 use support::daemon::*;
 use support::kafka::*;
 use support::*;
@@ -57,11 +57,7 @@ fn all_brokers_down_in_the_middle_of_a_wait_for_ack_batch_withholds_the_status_u
         .cluster
         .broker_round_trip_time(-1, Duration::from_millis(250))
         .expect("rtt");
-    let mut r = start_initialized(&config_with(
-        &kafka.bootstrap(),
-        "down-mid-batch",
-        json!({"pipeline": {"wait_for_ack": true}}),
-    ));
+    let mut r = kafka.replicator(json!({"pipeline": {"wait_for_ack": true}}));
     r.timeout = Duration::from_secs(90);
     let first = records(0, 100);
     r.process_records(&first, Some(0));
@@ -97,23 +93,21 @@ fn all_brokers_down_in_the_middle_of_a_wait_for_ack_batch_withholds_the_status_u
     assert_not_past(&early, &first[99].ext_seq(), &r);
     assert_eq!(r.lease_checkpoint(), second[299].ext_seq(), "{}", r.dump());
 
-    r.shard_ended();
-    assert!(r.wait_exit(EXIT).success(), "{}", r.dump());
+    r.shard_ends();
     let all: Vec<TestRecord> = first.into_iter().chain(second).collect();
-    let messages = kafka.read(all.len(), READ);
-    assert_delivered(&messages, SHARD, &all);
+    let messages = kafka.read_delivered(&all);
     assert_key_order(&messages);
 }
 
 #[test]
 fn all_brokers_down_pipelined_checkpoints_stay_at_the_acknowledged_frontier_until_they_return() {
     let kafka = Kafka::start(3, "down-pipelined", 3);
-    let mut r = start_initialized(&base_config(&kafka.bootstrap(), "down-pipelined"));
+    let mut r = kafka.replicator(json!({}));
     r.timeout = Duration::from_secs(60);
     let first = records(0, 200);
     r.process_records(&first, Some(0));
     // Everything in Kafka before the outage; let the processor checkpoint it.
-    assert_delivered(&kafka.read(first.len(), READ), SHARD, &first);
+    kafka.read_delivered(&first);
     drive_until_checkpointed(&mut r, &first[199].ext_seq(), Duration::from_secs(10));
 
     kafka.cluster.broker_down(-1).expect("broker_down");
@@ -135,11 +129,9 @@ fn all_brokers_down_pipelined_checkpoints_stay_at_the_acknowledged_frontier_unti
     );
 
     drive_until_checkpointed(&mut r, &second[399].ext_seq(), RECOVERY);
-    r.shard_ended();
-    assert!(r.wait_exit(EXIT).success(), "{}", r.dump());
+    r.shard_ends();
     let all: Vec<TestRecord> = first.into_iter().chain(second).collect();
-    let messages = kafka.read(all.len(), READ);
-    assert_delivered(&messages, SHARD, &all);
+    let messages = kafka.read_delivered(&all);
     assert_key_order(&messages);
     assert_checkpoints_covered(&r.checkpoints(), &all, &messages);
 }
@@ -148,11 +140,11 @@ fn all_brokers_down_pipelined_checkpoints_stay_at_the_acknowledged_frontier_unti
 fn leader_down_stalls_its_partitions_and_the_frontier_stops_just_before_their_first_record() {
     let kafka = Kafka::start(3, "leader-down", 6);
     kafka.spread_leaders(3);
-    let mut r = start_initialized(&base_config(&kafka.bootstrap(), "leader-down"));
+    let mut r = kafka.replicator(json!({}));
     r.timeout = Duration::from_secs(60);
     let first = records(0, 100);
     r.process_records(&first, Some(0));
-    assert_delivered(&kafka.read(first.len(), READ), SHARD, &first);
+    kafka.read_delivered(&first);
     drive_until_checkpointed(&mut r, &first[99].ext_seq(), Duration::from_secs(10));
 
     // Broker 1 leads partitions 0 and 3.
@@ -171,12 +163,10 @@ fn leader_down_stalls_its_partitions_and_the_frontier_stops_just_before_their_fi
     kafka.cluster.broker_up(1).expect("broker_up");
 
     drive_until_checkpointed(&mut r, &second[199].ext_seq(), RECOVERY);
-    r.shard_ended();
-    assert!(r.wait_exit(EXIT).success(), "{}", r.dump());
+    r.shard_ends();
 
     let all: Vec<TestRecord> = first.iter().chain(&second).cloned().collect();
-    let messages = kafka.read(all.len(), READ);
-    assert_delivered(&messages, SHARD, &all);
+    let messages = kafka.read_delivered(&all);
     assert_key_order(&messages);
     // The first record of the outage that went to a partition led by broker 1.
     let partition_of = |rec: &TestRecord| {
@@ -219,21 +209,15 @@ fn transient_produce_errors_are_retried_without_loss_or_reordering() {
     kafka
         .cluster
         .request_errors(RDKafkaApiKey::Produce, &errors);
-    let mut r = start_initialized(&config_with(
-        &kafka.bootstrap(),
-        "produce-errors",
-        json!({"pipeline": {"wait_for_ack": true}}),
-    ));
+    let mut r = kafka.replicator(json!({"pipeline": {"wait_for_ack": true}}));
     r.timeout = Duration::from_secs(60);
     let all = records(0, 300);
     for batch in all.chunks(100) {
         r.process_records(batch, Some(0));
         assert_eq!(r.lease_checkpoint(), batch[batch.len() - 1].ext_seq());
     }
-    r.shard_ended();
-    assert!(r.wait_exit(EXIT).success(), "{}", r.dump());
-    let messages = kafka.read(all.len(), READ);
-    assert_delivered(&messages, SHARD, &all);
+    r.shard_ends();
+    let messages = kafka.read_delivered(&all);
     assert_no_duplicates(&messages);
     assert_key_order(&messages);
 }
@@ -241,11 +225,11 @@ fn transient_produce_errors_are_retried_without_loss_or_reordering() {
 #[test]
 fn shard_end_waits_for_every_acknowledgement_before_checkpointing_shard_end() {
     let kafka = Kafka::start(1, "end-waits", 2);
-    let mut r = start_initialized(&base_config(&kafka.bootstrap(), "end-waits"));
+    let mut r = kafka.replicator(json!({}));
     r.timeout = Duration::from_secs(60);
     let first = records(0, 50);
     r.process_records(&first, Some(0));
-    assert_delivered(&kafka.read(first.len(), READ), SHARD, &first);
+    kafka.read_delivered(&first);
     kafka.cluster.broker_down(-1).expect("broker_down");
     let second = records(50, 50);
     r.process_records(&second, Some(0));
@@ -260,27 +244,18 @@ fn shard_end_waits_for_every_acknowledgement_before_checkpointing_shard_end() {
     });
     r.ok(result);
     assert!(r.wait_exit(EXIT).success(), "{}", r.dump());
-    assert_eq!(
-        r.last_checkpoint(),
-        Some(ExtSeq::shard_end()),
-        "{}",
-        r.dump()
-    );
+    r.assert_last_checkpoint(&ExtSeq::shard_end());
     let all: Vec<TestRecord> = first.into_iter().chain(second).collect();
-    assert_delivered(&kafka.read(all.len(), READ), SHARD, &all);
+    kafka.read_delivered(&all);
 }
 
 #[test]
 fn shutdown_requested_with_kafka_down_answers_within_the_flush_timeout_without_passing_unacked() {
     let kafka = Kafka::start(1, "bounded-flush", 2);
-    let mut r = start_initialized(&config_with(
-        &kafka.bootstrap(),
-        "bounded-flush",
-        json!({"shutdown": {"flush_timeout_seconds": 2}}),
-    ));
+    let mut r = kafka.replicator(json!({"shutdown": {"flush_timeout_seconds": 2}}));
     let first = records(0, 50);
     r.process_records(&first, Some(0));
-    assert_delivered(&kafka.read(first.len(), READ), SHARD, &first);
+    kafka.read_delivered(&first);
     kafka.cluster.broker_down(-1).expect("broker_down");
     r.process_records(&records(50, 50), Some(0));
     let started = Instant::now();
@@ -305,14 +280,10 @@ fn shutdown_requested_with_kafka_down_answers_within_the_flush_timeout_without_p
 #[test]
 fn record_over_message_max_bytes_exits_1_naming_shard_and_sequence_after_checkpointing_before_it() {
     let kafka = Kafka::start(1, "too-large", 2);
-    let mut r = start_initialized(&config_with(
-        &kafka.bootstrap(),
-        "too-large",
-        json!({
-            "pipeline": {"wait_for_ack": true},
-            "kafka": {"properties": {"message.max.bytes": "10000"}}
-        }),
-    ));
+    let mut r = kafka.replicator(json!({
+        "pipeline": {"wait_for_ack": true},
+        "kafka": {"properties": {"message.max.bytes": "10000"}}
+    }));
     let first = records(0, 10);
     r.process_records(&first, Some(0));
     assert_eq!(r.lease_checkpoint(), first[9].ext_seq(), "{}", r.dump());
@@ -368,11 +339,7 @@ fn record_over_message_max_bytes_exits_1_naming_shard_and_sequence_after_checkpo
 #[test]
 fn broker_msg_size_too_large_exits_1_and_never_checkpoints_the_failed_record() {
     let kafka = Kafka::start(1, "broker-too-large", 1);
-    let mut r = start_initialized(&config_with(
-        &kafka.bootstrap(),
-        "broker-too-large",
-        json!({"pipeline": {"wait_for_ack": true}}),
-    ));
+    let mut r = kafka.replicator(json!({"pipeline": {"wait_for_ack": true}}));
     let first = records(0, 10);
     r.process_records(&first, Some(0));
     assert_eq!(r.lease_checkpoint(), first[9].ext_seq(), "{}", r.dump());
@@ -462,11 +429,7 @@ fn unknown_topic_is_a_permanent_failure_exit_1_naming_shard_and_sequence() {
 #[test]
 fn full_in_flight_window_withholds_the_status_instead_of_dropping_records() {
     let kafka = Kafka::start(1, "window", 2);
-    let mut r = start_initialized(&config_with(
-        &kafka.bootstrap(),
-        "window",
-        json!({"pipeline": {"max_in_flight_records": 50}}),
-    ));
+    let mut r = kafka.replicator(json!({"pipeline": {"max_in_flight_records": 50}}));
     r.timeout = Duration::from_secs(60);
     let first = records(0, 20);
     r.process_records(&first, Some(0));
@@ -487,11 +450,9 @@ fn full_in_flight_window_withholds_the_status_instead_of_dropping_records() {
     });
     r.ok(result);
     drive_until_checkpointed(&mut r, &second[199].ext_seq(), RECOVERY);
-    r.shard_ended();
-    assert!(r.wait_exit(EXIT).success(), "{}", r.dump());
+    r.shard_ends();
     let all: Vec<TestRecord> = first.into_iter().chain(second).collect();
-    let messages = kafka.read(all.len(), READ);
-    assert_delivered(&messages, SHARD, &all);
+    let messages = kafka.read_delivered(&all);
     assert_key_order(&messages);
     assert_checkpoints_covered(&r.checkpoints(), &all, &messages);
 }
@@ -499,11 +460,7 @@ fn full_in_flight_window_withholds_the_status_instead_of_dropping_records() {
 #[test]
 fn records_unacknowledged_at_lease_loss_are_replayed_by_the_next_owner_without_loss() {
     let kafka = Kafka::start(1, "handover", 2);
-    let config = config_with(
-        &kafka.bootstrap(),
-        "handover",
-        json!({"shutdown": {"flush_timeout_seconds": 1}}),
-    );
+    let config = kafka.config(json!({"shutdown": {"flush_timeout_seconds": 1}}));
     let all = records(0, 300);
 
     // The first owner: Kafka goes away after the first 100 records.
@@ -533,8 +490,7 @@ fn records_unacknowledged_at_lease_loss_are_replayed_by_the_next_owner_without_l
         b.dump()
     );
     assert_eq!(b.last_checkpoint(), Some(ExtSeq::shard_end()));
-    let messages = kafka.read(all.len(), READ);
-    assert_delivered(&messages, SHARD, &all);
+    let messages = kafka.read_delivered(&all);
     assert_key_order(&messages);
 }
 
@@ -545,7 +501,7 @@ fn a_killed_child_loses_nothing_once_the_next_one_starts_from_the_lease_checkpoi
         .cluster
         .broker_round_trip_time(-1, Duration::from_millis(20))
         .expect("rtt");
-    let config = base_config(&kafka.bootstrap(), "crash");
+    let config = kafka.config(json!({}));
     let all = records(0, 1000);
 
     let mut a = start_initialized(&config);
@@ -563,10 +519,8 @@ fn a_killed_child_loses_nothing_once_the_next_one_starts_from_the_lease_checkpoi
     for batch in all.chunks(100) {
         b.process_records(batch, Some(0));
     }
-    b.shard_ended();
-    assert!(b.wait_exit(EXIT).success(), "{}", b.dump());
-    let messages = kafka.read(all.len(), READ);
-    assert_delivered(&messages, SHARD, &all);
+    b.shard_ends();
+    let messages = kafka.read_delivered(&all);
     assert_key_order(&messages);
     assert_checkpoints_covered(&checkpoints, &all, &messages);
 }
@@ -580,7 +534,7 @@ fn shard_end_never_checkpoints_shard_end_past_a_record_that_failed_permanently()
         .cluster
         .broker_round_trip_time(-1, Duration::from_millis(200))
         .expect("rtt");
-    let mut r = start_initialized(&base_config(&kafka.bootstrap(), "end-after-failure"));
+    let mut r = kafka.replicator(json!({}));
     let first = records(0, 10);
     r.process_records(&first, Some(0));
     drive_until_checkpointed(&mut r, &first[9].ext_seq(), Duration::from_secs(10));
@@ -615,11 +569,7 @@ fn shard_end_never_checkpoints_shard_end_past_a_record_that_failed_permanently()
 fn partitioning_by_shard_waits_for_the_partition_count_instead_of_falling_back_to_the_key() {
     let kafka = Kafka::start(1, "by-shard-down", 4);
     kafka.cluster.broker_down(-1).expect("broker_down");
-    let config = config_with(
-        &kafka.bootstrap(),
-        "by-shard-down",
-        json!({"processing": {"partition": {"by": "shard"}}}),
-    );
+    let config = kafka.config(json!({"processing": {"partition": {"by": "shard"}}}));
     let mut r = start(&config);
     r.timeout = Duration::from_secs(120);
     r.initialize(SHARD, TRIM_HORIZON);
@@ -639,8 +589,7 @@ fn partitioning_by_shard_waits_for_the_partition_count_instead_of_falling_back_t
     });
     let (r, result) = result;
     r.ok(result);
-    r.shard_ended();
-    assert!(r.wait_exit(EXIT).success(), "{}", r.dump());
+    r.shard_ends();
     let messages = kafka.read(batch.len(), RECOVERY);
     assert_delivered(&messages, SHARD, &batch);
     // shardId-000000000007 → partition 7 mod 4 = 3, every record, whatever its key.
@@ -649,21 +598,15 @@ fn partitioning_by_shard_waits_for_the_partition_count_instead_of_falling_back_t
         elsewhere.is_empty(),
         "records off the shard's partition: {elsewhere:?}"
     );
-    assert!(
-        r.stderr().contains("holding the shard's records"),
-        "{}",
-        r.stderr()
-    );
+    r.assert_stderr_contains("holding the shard's records");
 }
 
 #[test]
 fn a_child_waiting_for_kafka_exits_soon_after_the_daemon_closes_stdin() {
     let kafka = Kafka::start(1, "daemon-gone", 2);
-    let mut r = start_initialized(&config_with(
-        &kafka.bootstrap(),
-        "daemon-gone",
+    let mut r = kafka.replicator(
         json!({"pipeline": {"wait_for_ack": true}, "shutdown": {"flush_timeout_seconds": 1}}),
-    ));
+    );
     kafka.cluster.broker_down(-1).expect("broker_down");
     let batch = records(0, 20);
     // The batch is sent and not answered: the child waits for Kafka to acknowledge it.
@@ -685,11 +628,6 @@ fn a_child_waiting_for_kafka_exits_soon_after_the_daemon_closes_stdin() {
         )
     });
     assert_eq!(status.code(), Some(0), "{}", r.dump());
-    assert!(
-        r.stderr()
-            .contains("the daemon closed stdin while this child waited"),
-        "{}",
-        r.stderr()
-    );
+    r.assert_stderr_contains("the daemon closed stdin while this child waited");
     assert!(r.checkpoints().is_empty(), "{}", r.dump());
 }

@@ -12,7 +12,6 @@ use std::time::Duration;
 use flate2::write::GzEncoder;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use serde_json::json;
-use support::config::config_with;
 use support::daemon::*;
 use support::kafka::*;
 use support::*;
@@ -30,29 +29,12 @@ fn gzip(data: &[u8]) -> Vec<u8> {
     encoder.finish().expect("gzip")
 }
 
-fn ends_at_shard_end(r: &mut Running) {
-    r.shard_ended();
-    let status = r.wait_exit(EXIT);
-    assert!(status.success(), "exit {status:?}\n{}", r.dump());
-    assert_eq!(
-        r.last_checkpoint(),
-        Some(ExtSeq::shard_end()),
-        "{}",
-        r.dump()
-    );
-}
-
 #[test]
 fn topics_routed_by_a_json_field_with_a_default_for_records_without_it() {
     let kafka = Kafka::start(1, "events", 2);
     kafka.cluster.create_topic("events-order", 2, 1).unwrap();
     kafka.cluster.create_topic("events-refund", 2, 1).unwrap();
-    let config = config_with(
-        &kafka.bootstrap(),
-        "events",
-        json!({"processing": {"topic": {"from": "field", "field": "kind", "template": "events-$0"}}}),
-    );
-    let mut r = start_initialized(&config);
+    let mut r = kafka.replicator(json!({"processing": {"topic": {"from": "field", "field": "kind", "template": "events-$0"}}}));
     let batch = vec![
         json_record(1, "a", json!({"kind": "order", "n": 1})),
         json_record(2, "a", json!({"kind": "refund", "n": 2})),
@@ -60,7 +42,7 @@ fn topics_routed_by_a_json_field_with_a_default_for_records_without_it() {
         json_record(4, "a", json!({"kind": "order", "n": 4})),
     ];
     r.process_records(&batch, Some(0));
-    ends_at_shard_end(&mut r);
+    r.ends_at_shard_end();
     let orders = read_topic(&kafka.bootstrap(), "events-order", 2, READ);
     let refunds = read_topic(&kafka.bootstrap(), "events-refund", 1, READ);
     let default = kafka.read(1, READ);
@@ -74,18 +56,13 @@ fn topics_routed_by_a_json_field_with_a_default_for_records_without_it() {
 fn topics_routed_from_the_partition_key_through_a_pattern() {
     let kafka = Kafka::start(1, "fallback", 1);
     kafka.cluster.create_topic("team.billing", 1, 1).unwrap();
-    let config = config_with(
-        &kafka.bootstrap(),
-        "fallback",
-        json!({"processing": {"topic": {"from": "partition_key", "pattern": "^([a-z]+)-\\d+$", "template": "team.$1"}}}),
-    );
-    let mut r = start_initialized(&config);
+    let mut r = kafka.replicator(json!({"processing": {"topic": {"from": "partition_key", "pattern": "^([a-z]+)-\\d+$", "template": "team.$1"}}}));
     let batch = vec![
         TestRecord::new(seq_number(1), "billing-1", b"one"),
         TestRecord::new(seq_number(2), "NOPE", b"two"),
     ];
     r.process_records(&batch, Some(0));
-    ends_at_shard_end(&mut r);
+    r.ends_at_shard_end();
     assert_delivered(
         &read_topic(&kafka.bootstrap(), "team.billing", 1, READ),
         SHARD,
@@ -97,21 +74,16 @@ fn topics_routed_from_the_partition_key_through_a_pattern() {
 #[test]
 fn key_from_a_json_field_and_partitioning_by_shard() {
     let kafka = Kafka::start(1, "by-shard", 4);
-    let config = config_with(
-        &kafka.bootstrap(),
-        "by-shard",
-        json!({"processing": {
-            "key": {"from": "field", "field": "user.id"},
-            "partition": {"by": "shard"},
-            "number_of_shards": "2"
-        }}),
-    );
-    let mut r = start_initialized(&config);
+    let mut r = kafka.replicator(json!({"processing": {
+        "key": {"from": "field", "field": "user.id"},
+        "partition": {"by": "shard"},
+        "number_of_shards": "2"
+    }}));
     let batch: Vec<TestRecord> = (0..20)
         .map(|i| json_record(i, &format!("pk-{i}"), json!({"user": {"id": i % 3}})))
         .collect();
     r.process_records(&batch, Some(0));
-    ends_at_shard_end(&mut r);
+    r.ends_at_shard_end();
     let messages = kafka.read(batch.len(), READ);
     assert_eq!(messages.len(), batch.len());
     // shardId-000000000007 → ordinal 7 → partition 7 mod 4 = 3, whatever the key.
@@ -124,26 +96,16 @@ fn key_from_a_json_field_and_partitioning_by_shard() {
         );
     }
     // The partition count was compared with NUMBER_OF_SHARDS and the mismatch explained.
-    assert!(
-        r.stderr()
-            .contains("NUMBER_OF_SHARDS is 2 but by-shard has 4 partitions"),
-        "{}",
-        r.stderr()
-    );
+    r.assert_stderr_contains("NUMBER_OF_SHARDS is 2 but by-shard has 4 partitions");
 }
 
 #[test]
 fn filtered_out_records_count_as_done_so_the_checkpoint_passes_them() {
     let kafka = Kafka::start(1, "filtered", 2);
-    let config = config_with(
-        &kafka.bootstrap(),
-        "filtered",
-        json!({
-            "processing": {"filter": {"field": "type", "one_of": ["ping", "noop"], "action": "drop"}},
-            "pipeline": {"wait_for_ack": true}
-        }),
-    );
-    let mut r = start_initialized(&config);
+    let mut r = kafka.replicator(json!({
+        "processing": {"filter": {"field": "type", "one_of": ["ping", "noop"], "action": "drop"}},
+        "pipeline": {"wait_for_ack": true}
+    }));
     let batch = vec![
         json_record(1, "k", json!({"type": "order"})),
         json_record(2, "k", json!({"type": "ping"})),
@@ -151,13 +113,8 @@ fn filtered_out_records_count_as_done_so_the_checkpoint_passes_them() {
     ];
     r.process_records(&batch, Some(0));
     // The last two records became no message: the checkpoint still reaches the last one.
-    assert_eq!(
-        r.last_checkpoint(),
-        Some(batch[2].ext_seq()),
-        "{}",
-        r.dump()
-    );
-    ends_at_shard_end(&mut r);
+    r.assert_last_checkpoint(&batch[2].ext_seq());
+    r.ends_at_shard_end();
     let messages = kafka.read(1, READ);
     assert_eq!(messages.len(), 1);
     assert_delivered(&messages, SHARD, &batch[..1]);
@@ -166,12 +123,7 @@ fn filtered_out_records_count_as_done_so_the_checkpoint_passes_them() {
 #[test]
 fn cloudwatch_logs_record_becomes_one_message_per_event_and_counts_once_all_are_acknowledged() {
     let kafka = Kafka::start(1, "logs", 3);
-    let config = config_with(
-        &kafka.bootstrap(),
-        "logs",
-        json!({"processing": {"cloudwatch_logs": {"enabled": true}}, "pipeline": {"wait_for_ack": true}}),
-    );
-    let mut r = start_initialized(&config);
+    let mut r = kafka.replicator(json!({"processing": {"cloudwatch_logs": {"enabled": true}}, "pipeline": {"wait_for_ack": true}}));
     let events: Vec<serde_json::Value> = (0..5)
         .map(|i| json!({"id": format!("ev{i}"), "timestamp": 1_700_000_000_000i64 + i, "message": format!("line {i}")}))
         .collect();
@@ -192,13 +144,8 @@ fn cloudwatch_logs_record_becomes_one_message_per_event_and_counts_once_all_are_
         TestRecord::new(seq_number(2), "k", &control),
     ];
     r.process_records(&batch, Some(0));
-    assert_eq!(
-        r.last_checkpoint(),
-        Some(batch[1].ext_seq()),
-        "{}",
-        r.dump()
-    );
-    ends_at_shard_end(&mut r);
+    r.assert_last_checkpoint(&batch[1].ext_seq());
+    r.ends_at_shard_end();
     let messages = kafka.read(5, READ);
     assert_eq!(
         messages.len(),
@@ -224,45 +171,28 @@ fn cloudwatch_logs_record_becomes_one_message_per_event_and_counts_once_all_are_
 #[test]
 fn invalid_records_are_skipped_when_asked_and_the_checkpoint_passes_them() {
     let kafka = Kafka::start(1, "valid", 1);
-    let config = config_with(
-        &kafka.bootstrap(),
-        "valid",
+    let mut r = kafka.replicator(
         json!({"processing": {"validation": {"require_json": true, "on_invalid": "skip"}},
                "pipeline": {"wait_for_ack": true}}),
     );
-    let mut r = start_initialized(&config);
     let batch = vec![
         json_record(1, "k", json!({"ok": 1})),
         TestRecord::new(seq_number(2), "k", b"not json"),
     ];
     r.process_records(&batch, Some(0));
-    assert_eq!(
-        r.last_checkpoint(),
-        Some(batch[1].ext_seq()),
-        "{}",
-        r.dump()
-    );
-    ends_at_shard_end(&mut r);
+    r.assert_last_checkpoint(&batch[1].ext_seq());
+    r.ends_at_shard_end();
     assert_eq!(kafka.read(1, READ).len(), 1);
-    assert!(
-        r.stderr().contains(&format!(
-            "skipping the invalid record at shard {SHARD} sequence number {}",
-            seq_number(2)
-        )),
-        "{}",
-        r.stderr()
-    );
+    r.assert_stderr_contains(&format!(
+        "skipping the invalid record at shard {SHARD} sequence number {}",
+        seq_number(2)
+    ));
 }
 
 #[test]
 fn invalid_records_fail_by_default_and_nothing_passes_them() {
     let kafka = Kafka::start(1, "strict", 1);
-    let config = config_with(
-        &kafka.bootstrap(),
-        "strict",
-        json!({"processing": {"validation": {"require_json": true}}, "pipeline": {"wait_for_ack": true}}),
-    );
-    let mut r = start_initialized(&config);
+    let mut r = kafka.replicator(json!({"processing": {"validation": {"require_json": true}}, "pipeline": {"wait_for_ack": true}}));
     let batch = vec![
         json_record(1, "k", json!({"ok": 1})),
         TestRecord::new(seq_number(2), "k", b"not json"),
@@ -271,43 +201,25 @@ fn invalid_records_fail_by_default_and_nothing_passes_them() {
     assert!(r.try_process_records(&batch, Some(0)).is_err());
     let status = r.wait_exit(EXIT);
     assert_eq!(status.code(), Some(1), "{}", r.dump());
-    assert_eq!(
-        r.last_checkpoint(),
-        Some(batch[0].ext_seq()),
-        "{}",
-        r.dump()
-    );
-    assert!(
-        r.stderr()
-            .contains("invalid record: the payload is not JSON"),
-        "{}",
-        r.stderr()
-    );
+    r.assert_last_checkpoint(&batch[0].ext_seq());
+    r.assert_stderr_contains("invalid record: the payload is not JSON");
 }
 
 #[test]
 fn invalid_records_go_to_the_dead_letter_topic_with_headers_naming_the_error() {
     let kafka = Kafka::start(1, "main", 1);
     kafka.cluster.create_topic("main-dlq", 1, 1).unwrap();
-    let config = config_with(
-        &kafka.bootstrap(),
-        "main",
+    let mut r = kafka.replicator(
         json!({"processing": {"validation": {"require_json": true, "on_invalid": "dead_letter"}},
                "dead_letter": {"topic": "main-dlq"}, "pipeline": {"wait_for_ack": true}}),
     );
-    let mut r = start_initialized(&config);
     let batch = vec![
         TestRecord::new(seq_number(1), "k", b"broken{"),
         json_record(2, "k", json!({"ok": 2})),
     ];
     r.process_records(&batch, Some(0));
-    assert_eq!(
-        r.last_checkpoint(),
-        Some(batch[1].ext_seq()),
-        "{}",
-        r.dump()
-    );
-    ends_at_shard_end(&mut r);
+    r.assert_last_checkpoint(&batch[1].ext_seq());
+    r.ends_at_shard_end();
     let dead = read_topic(&kafka.bootstrap(), "main-dlq", 1, READ);
     assert_eq!(dead.len(), 1);
     let d = &dead[0];
@@ -324,12 +236,8 @@ fn invalid_records_go_to_the_dead_letter_topic_with_headers_naming_the_error() {
 fn a_record_kafka_refuses_goes_to_the_dead_letter_topic_through_a_broker_outage() {
     let kafka = Kafka::start(1, "target", 1);
     kafka.cluster.create_topic("target-dlq", 1, 1).unwrap();
-    let config = config_with(
-        &kafka.bootstrap(),
-        "target",
-        json!({"dead_letter": {"topic": "target-dlq"}, "records": {"headers": false}}),
-    );
-    let mut r = start_initialized(&config);
+    let mut r = kafka
+        .replicator(json!({"dead_letter": {"topic": "target-dlq"}, "records": {"headers": false}}));
     r.process_records(&records(0, 5), Some(0));
     drive_until_checkpointed(&mut r, &records(4, 1)[0].ext_seq(), Duration::from_secs(20));
     // The broker is away for a while, then refuses the record for good: the record must
@@ -354,7 +262,7 @@ fn a_record_kafka_refuses_goes_to_the_dead_letter_topic_through_a_broker_outage(
     kafka.cluster.broker_up(1).unwrap();
     // The dead letter must be acknowledged for the checkpoint to reach the record.
     drive_until_checkpointed(&mut r, &refused.ext_seq(), Duration::from_secs(45));
-    ends_at_shard_end(&mut r);
+    r.ends_at_shard_end();
     let dead = read_topic(&kafka.bootstrap(), "target-dlq", 1, READ);
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0].value, refused.data);
@@ -382,46 +290,29 @@ fn when_the_dead_letter_topic_refuses_too_no_checkpoint_passes_the_record() {
     let kafka = Kafka::start(1, "big", 1);
     kafka.cluster.create_topic("big-dlq", 1, 1).unwrap();
     // Over the producer's limit: both the target and the dead-letter topic refuse it.
-    let config = config_with(
-        &kafka.bootstrap(),
-        "big",
+    let mut r = kafka.replicator(
         json!({"dead_letter": {"topic": "big-dlq"}, "pipeline": {"wait_for_ack": true},
                "kafka": {"properties": {"message.max.bytes": "10000"}}}),
     );
-    let mut r = start_initialized(&config);
     let mut batch = records(0, 3);
     batch[1].data = Some(vec![b'x'; 50_000]);
     assert!(r.try_process_records(&batch, Some(0)).is_err());
     assert_eq!(r.wait_exit(EXIT).code(), Some(1), "{}", r.dump());
-    assert_eq!(
-        r.last_checkpoint(),
-        Some(batch[0].ext_seq()),
-        "{}",
-        r.dump()
-    );
-    assert!(
-        r.stderr()
-            .contains("the dead-letter topic big-dlq refused it too"),
-        "{}",
-        r.stderr()
-    );
+    r.assert_last_checkpoint(&batch[0].ext_seq());
+    r.assert_stderr_contains("the dead-letter topic big-dlq refused it too");
 }
 
 #[test]
 fn json_envelope_carries_the_kinesis_metadata_in_the_value() {
     let kafka = Kafka::start(1, "wrapped", 1);
-    let config = config_with(
-        &kafka.bootstrap(),
-        "wrapped",
-        json!({"processing": {"envelope": "json"}, "records": {"headers": false}}),
-    );
-    let mut r = start_initialized(&config);
+    let mut r = kafka
+        .replicator(json!({"processing": {"envelope": "json"}, "records": {"headers": false}}));
     let batch = vec![
         json_record(1, "k", json!({"a": 1})),
         TestRecord::new(seq_number(2), "k", &[0xff]),
     ];
     r.process_records(&batch, Some(0));
-    ends_at_shard_end(&mut r);
+    r.ends_at_shard_end();
     let messages = kafka.read(2, READ);
     assert!(messages.iter().all(|m| m.headers.is_empty()));
     let values: Vec<serde_json::Value> = messages
@@ -437,18 +328,13 @@ fn json_envelope_carries_the_kinesis_metadata_in_the_value() {
 #[test]
 fn gzip_payloads_are_decoded_when_detected() {
     let kafka = Kafka::start(1, "gz", 1);
-    let config = config_with(
-        &kafka.bootstrap(),
-        "gz",
-        json!({"processing": {"decompress": "auto"}}),
-    );
-    let mut r = start_initialized(&config);
+    let mut r = kafka.replicator(json!({"processing": {"decompress": "auto"}}));
     let batch = vec![
         TestRecord::new(seq_number(1), "k", &gzip(b"zipped")),
         TestRecord::new(seq_number(2), "k", b"plain"),
     ];
     r.process_records(&batch, Some(0));
-    ends_at_shard_end(&mut r);
+    r.ends_at_shard_end();
     let values: Vec<Vec<u8>> = kafka
         .read(2, READ)
         .into_iter()

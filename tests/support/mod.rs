@@ -9,6 +9,7 @@
 //! - [`broker`]: starts and stops a broker (librdkafka's mock cluster, or tansu) with one topic.
 //! - [`kafka`]: the tests' Kafka (a mock cluster) and read-back assertions.
 //! - [`config`]: config files for the binary and the `Command` that starts it.
+//! - [`scenario`]: the set-up and endings the scenario tests share.
 //!
 //! Each test file (and the benchmark) uses only part of this, hence the `dead_code` allowance.
 #![allow(dead_code)]
@@ -20,6 +21,7 @@ pub mod inline;
 pub mod kafka;
 pub mod protocol;
 pub mod records;
+pub mod scenario;
 
 use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
