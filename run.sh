@@ -42,7 +42,9 @@ environment variables (the Python replicator's env file works unchanged):
             KAFKA_SASL_MECHANISM=AWS_MSK_IAM signs with the AWS credentials instead)
   optional  KCL_INITIAL_POSITION, KCL_AWS_CREDENTIALS_PROVIDER, KCL_LOG_LEVEL,
             KCL_PROP_<key>=<value> (any daemon property), KAFKA_*, CHECKPOINT_*,
-            SLEEP_SECONDS, NUMBER_OF_SHARDS, AWS_* credentials
+            SLEEP_SECONDS, NUMBER_OF_SHARDS, AWS_* credentials,
+            METRICS_PORT (Prometheus /metrics, /healthz, /status; METRICS_BIND, default
+            0.0.0.0), OTEL_EXPORTER_OTLP_ENDPOINT (OTLP/HTTP push) and OTEL_*
   paths     REPLICATOR_BIN (the processor binary), REPLICATOR_CONFIG (its JSON config
             template), KCL_JARS_DIR (the daemon's jars), KCL_LOGBACK_CONFIG, JAVA_HOME,
             JAVA_OPTS, REPLICATOR_WORK_DIR (where rendered files go)
@@ -189,6 +191,12 @@ if [[ -n "${KCL_AWS_CREDENTIALS_PROVIDER:-}" ]]; then
             bad "KCL_AWS_CREDENTIALS_PROVIDER: $provider_name is an AWS SDK v1 name, which KCL 3.x cannot load; use $v2"
         fi
     done
+fi
+
+if [[ -n "${METRICS_PORT:-}" ]]; then
+    if [[ ! $METRICS_PORT =~ ^[0-9]{1,5}$ ]] || ((10#$METRICS_PORT < 1 || 10#$METRICS_PORT > 65535)); then
+        bad "METRICS_PORT='$METRICS_PORT' must be a TCP port (1-65535) for the metrics endpoint, or unset to turn it off"
+    fi
 fi
 
 kcl_log_level=$(upper "${KCL_LOG_LEVEL:-INFO}")
@@ -558,13 +566,44 @@ read -r -a java_opts <<<"${JAVA_OPTS:-}"
 java_cmd=("$java_bin" -Dfile.encoding=UTF-8 "${java_opts[@]}" -cp "$jars_dir/*"
     "$MAIN_CLASS" --properties-file "$kcl_properties" --log-configuration "$logback_config")
 
+# ------------------------------------------------------------------------------------------
+# 8. The metrics server (METRICS_PORT, OTLP): one per container, since each shard's child
+#    cannot bind the port. The children report to it over a Unix socket; it watches this
+#    pid, which stays the daemon's after exec, and exits with it.
+# ------------------------------------------------------------------------------------------
+metrics_cmd=()
+if [[ -n "${METRICS_PORT:-}" || -n "${OTEL_EXPORTER_OTLP_ENDPOINT:-}" || -n "${OTEL_EXPORTER_OTLP_METRICS_ENDPOINT:-}" ]]; then
+    metrics_socket=$work_dir/metrics.sock
+    metrics_cmd=("$replicator_bin" metrics --socket "$metrics_socket" --watch-pid "$$")
+    if [[ -n "${METRICS_PORT:-}" ]]; then
+        metrics_cmd+=(--listen "${METRICS_BIND:-0.0.0.0}:$METRICS_PORT")
+    fi
+fi
+
 if ((DRY_RUN)); then
+    if ((${#metrics_cmd[@]})); then
+        printf '\n# The metrics server would run:\n%s\n' "$(printf '%q ' "${metrics_cmd[@]}")"
+    fi
     {
         printf '\n# Dry run: nothing was started. The daemon would run:\n'
         printf '%q ' "${java_cmd[@]}"
         printf '\n'
     } | redact
     exit 0
+fi
+
+if ((${#metrics_cmd[@]})); then
+    "${metrics_cmd[@]}" &
+    metrics_pid=$!
+    # Up when its socket exists; a taken port or a bad OTLP setting ends it at once.
+    for _ in $(seq 50); do
+        [[ -S $metrics_socket ]] && break
+        kill -0 "$metrics_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    [[ -S $metrics_socket ]] || die "$EXIT_CONFIG" "the metrics server did not start (see above: METRICS_PORT taken, or an OTEL_* setting); the daemon was not started."
+    export KINESIS_KAFKA_REPLICATOR_METRICS_SOCKET=$metrics_socket
+    log "metrics: ${METRICS_PORT:+http://${METRICS_BIND:-0.0.0.0}:$METRICS_PORT/metrics }${OTEL_EXPORTER_OTLP_ENDPOINT:+OTLP to $OTEL_EXPORTER_OTLP_ENDPOINT}"
 fi
 
 log "starting the KCL MultiLangDaemon: stream '$KCL_STREAM_NAME', application '$KCL_APPLICATION_NAME', ${#jars[@]} jars from $jars_dir"

@@ -91,6 +91,8 @@ struct Slot {
     outstanding: u32,
     bytes: usize,
     failed: bool,
+    /// When the record reached Kinesis (ms since the epoch), for the replication latency.
+    arrival_ms: Option<i64>,
 }
 
 struct Inner {
@@ -155,6 +157,18 @@ impl Frontier {
     /// Starts tracking a record that will be sent as `messages` Kafka messages of
     /// `bytes` in total. A record with no messages is done at once.
     pub fn track(&self, position: Option<Position>, messages: u32, bytes: usize) -> RecordId {
+        self.track_arrived(position, messages, bytes, None)
+    }
+
+    /// [`Self::track`] for a record that reached Kinesis at `arrival_ms`: its
+    /// acknowledgement reports it (see [`Self::acknowledge`]).
+    pub fn track_arrived(
+        &self,
+        position: Option<Position>,
+        messages: u32,
+        bytes: usize,
+        arrival_ms: Option<i64>,
+    ) -> RecordId {
         let mut inner = self.lock();
         let id = inner.first_id + inner.slots.len();
         inner.slots.push_back(Slot {
@@ -162,6 +176,7 @@ impl Frontier {
             outstanding: messages,
             bytes,
             failed: false,
+            arrival_ms,
         });
         inner.in_flight_bytes += bytes;
         if messages == 0 {
@@ -170,19 +185,23 @@ impl Frontier {
         id
     }
 
-    /// One message of record `id` is acknowledged by Kafka.
-    pub fn acknowledge(&self, id: RecordId) {
+    /// One message of record `id` is acknowledged by Kafka. When that was the record's
+    /// last message, returns `Some` with its arrival time (if known).
+    pub fn acknowledge(&self, id: RecordId) -> Option<Option<i64>> {
         let mut inner = self.lock();
         inner.acknowledged_messages += 1;
-        let Some(index) = id.checked_sub(inner.first_id) else {
-            return;
-        };
-        let Some(slot) = inner.slots.get_mut(index) else {
-            return;
-        };
-        slot.outstanding = slot.outstanding.saturating_sub(1);
+        let index = id.checked_sub(inner.first_id)?;
+        let slot = inner.slots.get_mut(index)?;
+        if slot.outstanding == 0 {
+            return None;
+        }
+        slot.outstanding -= 1;
+        if slot.outstanding > 0 {
+            return None;
+        }
+        let arrival = slot.arrival_ms;
         // Only the front finishing changes what waiters look at (what is in flight).
-        if slot.outstanding == 0 && index == 0 {
+        if index == 0 {
             inner.advance();
             let wake = inner.waiters > 0;
             drop(inner);
@@ -190,6 +209,7 @@ impl Frontier {
                 self.changed.notify_all();
             }
         }
+        Some(arrival)
     }
 
     /// Nothing in flight will ever be delivered (the producer hit a fatal error and purged

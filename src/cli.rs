@@ -21,6 +21,7 @@ checkpointing only records that Kafka has acknowledged.
 USAGE:
     kinesis-kafka-replicator [--config PATH]     run as the daemon's child (stdin/stdout)
     kinesis-kafka-replicator --check-config [--config PATH]
+    kinesis-kafka-replicator metrics --socket PATH [--listen HOST:PORT] [--watch-pid PID]
     kinesis-kafka-replicator --version | --help
 
 OPTIONS:
@@ -32,6 +33,11 @@ OPTIONS:
                       Exit 0 when all is well, 1 when Kafka or the topic is not right,
                       2 when the configuration is invalid.
     --version         print the version
+    metrics           the container's metrics server (run.sh starts it when METRICS_PORT
+                      or OTEL_EXPORTER_OTLP_ENDPOINT is set): children report to the
+                      socket; it serves /metrics, /healthz and /status on --listen, pushes
+                      OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set, and exits when the
+                      process --watch-pid (the daemon) is gone
     --help            print this help
 
 Normally the KCL MultiLangDaemon starts this program (executableName in kcl.properties);
@@ -47,6 +53,7 @@ Log level: RUST_LOG, else KCL_LOG_LEVEL (DEBUG, INFO, WARN, ERROR), else INFO.
 
 enum Mode {
     Child,
+    Metrics(Vec<String>),
     CheckConfig,
     Version,
     Help,
@@ -62,7 +69,12 @@ fn parse_args() -> Result<Args, String> {
         mode: Mode::Child,
         config: None,
     };
-    let mut it = std::env::args_os().skip(1);
+    let mut it = std::env::args_os().skip(1).peekable();
+    if it.peek().and_then(|a| a.to_str()) == Some("metrics") {
+        let rest: Option<Vec<String>> = it.skip(1).map(|a| a.into_string().ok()).collect();
+        args.mode = Mode::Metrics(rest.ok_or("a non-UTF-8 argument to metrics")?);
+        return Ok(args);
+    }
     while let Some(arg) = it.next() {
         let Some(text) = arg.to_str() else {
             return Err(format!("unexpected argument {arg:?}"));
@@ -110,6 +122,10 @@ pub fn main(custom: Option<(Box<dyn Transform>, Placement)>) -> ! {
             mode: Mode::Child,
             config,
         }) => child(config, custom),
+        Ok(Args {
+            mode: Mode::Metrics(args),
+            ..
+        }) => metrics(&args),
     };
     std::process::exit(code);
 }
@@ -160,6 +176,18 @@ fn check_config(path: Option<PathBuf>) -> i32 {
     }
     log::info!("configuration OK");
     EXIT_OK
+}
+
+fn metrics(args: &[String]) -> i32 {
+    logging::init();
+    logging::set_shard("metrics-server");
+    match crate::metrics_server::config_from_args(args) {
+        Ok(config) => crate::metrics_server::run(config),
+        Err(e) => {
+            log::error!("metrics: {e}; see kinesis-kafka-replicator --help");
+            EXIT_CONFIG
+        }
+    }
 }
 
 fn child(path: Option<PathBuf>, custom: Option<(Box<dyn Transform>, Placement)>) -> i32 {

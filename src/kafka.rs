@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::error::Error;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,7 @@ use rdkafka::ClientContext;
 
 use crate::checkpoint::{Frontier, Position, RecordId};
 use crate::config::{Config, PartitionStrategy, TimestampSource};
+use crate::metrics::{Metrics, METRICS_SOCKET_ENV};
 use crate::msk_iam::{self, MskIam};
 use crate::produce_again::{self, Delivered, ProduceAgain};
 use crate::transform::{
@@ -59,7 +60,7 @@ pub struct DeliveryContext {
     dead_letter_topic: Option<String>,
     returned: Mutex<Vec<Returned>>,
     again: ProduceAgain,
-    dead_lettered: AtomicU64,
+    metrics: Arc<Metrics>,
     last_error: LastError,
     /// Makes the OAUTHBEARER tokens with KAFKA_SASL_MECHANISM=AWS_MSK_IAM.
     msk_iam: Option<MskIam>,
@@ -78,7 +79,44 @@ impl ClientContext for DeliveryContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        self.metrics.producer_error(&error_kind(&error));
         self.last_error.record(&error, reason);
+    }
+
+    /// librdkafka's statistics (every `statistics.interval.ms`, set only when metrics are
+    /// exported): the producer's queue and each broker's round-trip time. Read from the raw
+    /// JSON, field by field: a field a newer librdkafka renames loses that figure only.
+    fn stats_raw(&self, statistics: &[u8]) {
+        let Ok(json) = serde_json::from_slice::<serde_json::Value>(statistics) else {
+            debug!("librdkafka statistics that are not JSON");
+            return;
+        };
+        if let Some(queued) = json["msg_cnt"].as_u64() {
+            self.metrics
+                .producer_queue_messages
+                .store(queued, Ordering::Relaxed);
+        }
+        let rtts = json["brokers"]
+            .as_object()
+            .into_iter()
+            .flat_map(|brokers| brokers.values())
+            // Bootstrap and internal handles have no node id.
+            .filter(|b| b["nodeid"].as_i64().is_some_and(|id| id >= 0))
+            .filter_map(|b| {
+                let name = b["nodename"].as_str()?.to_owned();
+                let avg_micros = b["rtt"]["avg"].as_f64()?;
+                Some((name, avg_micros / 1e6))
+            })
+            .collect();
+        self.metrics.set_broker_rtts(rtts);
+    }
+}
+
+/// The name of a librdkafka error, for a metric label (`MessageSizeTooLarge`, ...).
+fn error_kind(error: &KafkaError) -> String {
+    match error.rdkafka_error_code() {
+        Some(code) => format!("{code:?}"),
+        None => "Other".to_owned(),
     }
 }
 
@@ -90,13 +128,19 @@ impl ProducerContext for DeliveryContext {
         let (error, message) = match result {
             Ok(message) => {
                 if self.is_dead_letter_topic(message.topic()) {
-                    self.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    self.metrics
+                        .messages_dead_lettered
+                        .fetch_add(1, Ordering::Relaxed);
                 }
                 match self
                     .again
                     .delivered(message.topic(), message.partition(), opaque)
                 {
-                    Delivered::Acknowledge => self.frontier.acknowledge(id),
+                    Delivered::Acknowledge => {
+                        if let Some(arrival) = self.frontier.acknowledge(id) {
+                            self.metrics.acknowledged_record(arrival);
+                        }
+                    }
                     Delivered::Ask => self.hand_back(
                         opaque,
                         message,
@@ -109,6 +153,7 @@ impl ProducerContext for DeliveryContext {
             }
             Err((error, message)) => (error, message),
         };
+        self.metrics.delivery_failed(&error_kind(error));
         let reason = match error.rdkafka_error_code() {
             // Only at exit, when the producer is dropped: these records stay behind the
             // checkpoint and will be read again.
@@ -269,16 +314,32 @@ pub struct KafkaSink {
 
 impl KafkaSink {
     pub fn new(config: &Config, frontier: Arc<Frontier>) -> Result<KafkaSink> {
+        Self::with_metrics(config, frontier, Arc::new(Metrics::new()))
+    }
+
+    /// [`Self::new`], counting into `metrics`.
+    pub fn with_metrics(
+        config: &Config,
+        frontier: Arc<Frontier>,
+        metrics: Arc<Metrics>,
+    ) -> Result<KafkaSink> {
         let context = DeliveryContext {
             frontier: frontier.clone(),
             dead_letter_topic: config.dead_letter_topic().map(str::to_owned),
             returned: Mutex::new(Vec::new()),
             again: ProduceAgain::default(),
-            dead_lettered: AtomicU64::new(0),
+            metrics: metrics.clone(),
             last_error: LastError::default(),
             msk_iam: msk_iam::for_config(config)?,
         };
-        let producer: ThreadedProducer<DeliveryContext> = client_config(config)
+        let mut client = client_config(config);
+        // The queue depth and broker round-trip times, when metrics are exported.
+        if std::env::var_os(METRICS_SOCKET_ENV).is_some_and(|p| !p.is_empty())
+            && client.get("statistics.interval.ms").is_none()
+        {
+            client.set("statistics.interval.ms", "5000");
+        }
+        let producer: ThreadedProducer<DeliveryContext> = client
             .create_with_context(context)
             .map_err(|e| anyhow!("cannot create the Kafka producer: {e}; check kafka.properties in the configuration"))?;
         warm_up(&producer, config.kafka.topic.trim());
@@ -516,9 +577,17 @@ impl KafkaSink {
         let mut waiting_since: Option<Instant> = None;
         loop {
             match self.producer.send(record) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    if waiting_since.is_some() {
+                        self.producer.context().metrics.set_waiting(false);
+                    }
+                    return Ok(());
+                }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
                     record = returned;
+                    if waiting_since.is_none() {
+                        self.producer.context().metrics.set_waiting(true);
+                    }
                     let since = *waiting_since.get_or_insert_with(Instant::now);
                     if since.elapsed() > Duration::from_secs(30) {
                         warn!("librdkafka's queue has been full for 30 s; still waiting for Kafka to acknowledge");
@@ -529,6 +598,7 @@ impl KafkaSink {
                     // child for as long as Kafka is down, and spin (the wait below returns
                     // at once once a failure is recorded).
                     if self.frontier.failure().is_some() {
+                        self.producer.context().metrics.set_waiting(false);
                         self.frontier.fail(
                             id,
                             "not queued: the shard stops at an earlier record".to_owned(),
@@ -543,6 +613,9 @@ impl KafkaSink {
                     });
                 }
                 Err((error, returned)) => {
+                    if waiting_since.is_some() {
+                        self.producer.context().metrics.set_waiting(false);
+                    }
                     let reason = format!(
                         "Kafka refused the message for topic {} before sending it: {error}",
                         returned.topic
@@ -590,9 +663,16 @@ impl KafkaSink {
                     if again.copy(&r.message.topic, partition, r.opaque) {
                         let stamp = produce_again::opaque(id, again.generation());
                         self.copies += 1;
+                        self.producer
+                            .context()
+                            .metrics
+                            .messages_copied
+                            .fetch_add(1, Ordering::Relaxed);
                         self.send_again(stamp, partition, r.message);
                     } else {
-                        self.frontier.acknowledge(id);
+                        if let Some(arrival) = self.frontier.acknowledge(id) {
+                            self.producer.context().metrics.acknowledged_record(arrival);
+                        }
                     }
                 }
             }
@@ -637,6 +717,11 @@ impl KafkaSink {
                 .again
                 .producing_again(&message.topic, partition, id, next_id);
         self.produced_again += 1;
+        self.producer
+            .context()
+            .metrics
+            .messages_produced_again
+            .fetch_add(1, Ordering::Relaxed);
         if self.produced_again == 1 || self.produced_again.is_power_of_two() {
             warn!(
                 "producing again a message of {} to {} partition {partition}: the broker refused its batch for another record in it ({reason}); {} so far, and {} copies of later messages of such partitions to keep each key's last copy in order",
@@ -683,13 +768,19 @@ impl KafkaSink {
     pub fn dead_lettered(&self) -> u64 {
         self.producer
             .context()
-            .dead_lettered
+            .metrics
+            .messages_dead_lettered
             .load(Ordering::Relaxed)
     }
 
     /// Messages produced again for a refused batchmate, and copies made behind them.
     pub fn produced_again(&self) -> (u64, u64) {
         (self.produced_again, self.copies)
+    }
+
+    /// The figures this sink counts into (shared with the session and the reporter).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.producer.context().metrics
     }
 
     pub fn last_client_error(&self) -> Option<String> {

@@ -11,7 +11,10 @@ pub mod cli;
 pub mod config;
 pub mod kafka;
 pub mod logging;
+pub mod metrics;
+pub mod metrics_server;
 pub mod msk_iam;
+pub mod otlp;
 pub mod processing;
 pub mod produce_again;
 pub mod protocol;
@@ -28,6 +31,7 @@ use log::{error, info, warn};
 use crate::checkpoint::Frontier;
 use crate::config::Config;
 use crate::kafka::KafkaSink;
+use crate::metrics::{Metrics, Reporter, ShardState};
 use crate::processing::ConfiguredStage;
 use crate::replicator::Replicator;
 use crate::session::{End, Fatal, Session};
@@ -60,19 +64,26 @@ pub fn run_child<R: Read>(
         }
     };
     let frontier = Arc::new(Frontier::new());
-    let sink = match KafkaSink::new(&config, frontier.clone()) {
+    let metrics = Arc::new(Metrics::new());
+    let sink = match KafkaSink::with_metrics(&config, frontier.clone(), metrics.clone()) {
         Ok(sink) => sink,
         Err(e) => {
             error!("{e:#}");
             return EXIT_CONFIG;
         }
     };
+    // Only when run.sh started a metrics server (METRICS_PORT, OTLP).
+    let reporter = {
+        let frontier = frontier.clone();
+        let metrics = metrics.clone();
+        Reporter::start(move || metrics.snapshot(&frontier.state()))
+    };
     let mut replicator = Replicator::new(config, frontier, sink, pipeline);
     let mut session = Session::new(input, output);
     if let Some(fd) = input_fd {
         session = session.watching_hangup(fd);
     }
-    match session.run(&mut replicator) {
+    let code = match session.run(&mut replicator) {
         End::Eof => {
             info!("stdin closed; exiting");
             replicator.finish();
@@ -88,7 +99,12 @@ pub fn run_child<R: Read>(
             replicator.finish();
             EXIT_FAILURE
         }
+    };
+    metrics.set_state(ShardState::Ended);
+    if let Some(reporter) = reporter {
+        reporter.stop();
     }
+    code
 }
 
 /// The stages a record goes through: the configured one (when anything is configured)

@@ -2,6 +2,7 @@
 //! checkpoint only what Kafka has acknowledged.
 
 use std::io::{Read, Write};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,7 @@ use crate::checkpoint::{Frontier, FrontierState, Position};
 use crate::config::{Config, OnInvalid};
 use crate::kafka::KafkaSink;
 use crate::logging;
+use crate::metrics::{Metrics, ShardState};
 use crate::protocol::{DaemonMessage, Record};
 use crate::session::{Channel, CheckpointResult, Fatal, Handler};
 use crate::transform::{recycle, KafkaMessage, KinesisRecord, Pipeline};
@@ -22,16 +24,13 @@ const WAIT_SLICE: Duration = Duration::from_millis(100);
 /// How often a long wait for Kafka says so.
 const WAITING_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Counters for the summary line.
-#[derive(Default)]
-struct Stats {
-    records: u64,
-    bytes: u64,
-    /// Records the processing stage turned into no message (filtered out).
-    dropped: u64,
-    /// Invalid records skipped (`on_invalid: skip`).
-    skipped: u64,
-    millis_behind_latest: Option<i64>,
+/// Clears the shard's waiting-for-Kafka state when a wait ends.
+struct Waiting(Arc<Metrics>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.set_waiting(false);
+    }
 }
 
 /// Whether a wait checkpoints the frontier as it moves (every `CHECKPOINT_FREQ_SECONDS`),
@@ -60,7 +59,10 @@ pub struct Replicator {
     mid_line: bool,
     shard_end_checkpointed: bool,
     decoded: Vec<u8>,
-    stats: Stats,
+    /// The shard's figures: the summary line and the exported metrics.
+    metrics: Arc<Metrics>,
+    /// When the current `processRecords` began.
+    batch_started: Instant,
     last_summary: Instant,
 }
 
@@ -72,6 +74,7 @@ impl Replicator {
         pipeline: Pipeline,
     ) -> Self {
         let now = Instant::now();
+        let metrics = sink.metrics().clone();
         Replicator {
             config,
             shard_id: "unknown-shard".into(),
@@ -85,7 +88,8 @@ impl Replicator {
             mid_line: false,
             shard_end_checkpointed: false,
             decoded: Vec::new(),
-            stats: Stats::default(),
+            metrics,
+            batch_started: now,
             last_summary: now,
         }
     }
@@ -100,6 +104,8 @@ impl Replicator {
             self.shard_id = shard_id.to_owned();
             logging::set_shard(shard_id);
         }
+        self.metrics
+            .set_shard(&self.shard_id, self.config.kafka.topic.trim());
         self.sink
             .set_shard(&self.shard_id, self.config.processing.number_of_shards);
         // Only a numeric position can be compared with; sentinels (TRIM_HORIZON, LATEST,
@@ -118,6 +124,7 @@ impl Replicator {
     /// A `processRecords` begins.
     fn begin_batch(&mut self, streamed: bool) {
         self.mid_line = streamed;
+        self.batch_started = Instant::now();
     }
 
     /// One record of the batch: produce it, then wait if the in-flight window is full.
@@ -154,7 +161,9 @@ impl Replicator {
         channel: &mut Channel<R, W>,
     ) -> Result<(), Fatal> {
         self.mid_line = false;
-        self.stats.millis_behind_latest = millis_behind_latest;
+        self.metrics
+            .millis_behind_latest
+            .store(millis_behind_latest.unwrap_or(i64::MIN), Ordering::Relaxed);
         if self.config.pipeline.wait_for_ack {
             // One checkpoint per batch, after it is all acknowledged: what this mode is for.
             self.wait_for(
@@ -170,6 +179,9 @@ impl Replicator {
         self.check_failure(channel, true)?;
         self.maybe_checkpoint(channel, false)?;
         self.maybe_log_summary();
+        self.metrics
+            .batch_duration
+            .observe(self.batch_started.elapsed().as_secs_f64());
         channel.status("processRecords")
     }
 
@@ -202,8 +214,12 @@ impl Replicator {
             approximate_arrival_timestamp: record.approximate_arrival_timestamp,
         };
         let bytes = data.map_or(0, <[u8]>::len);
-        self.stats.records += 1;
-        self.stats.bytes += bytes as u64;
+        self.metrics
+            .records_received
+            .fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .bytes_received
+            .fetch_add(bytes as u64, Ordering::Relaxed);
         if sequence_number.is_none() {
             warn!("a record has no sequence number; it is replicated but cannot be a checkpoint itself");
         }
@@ -212,9 +228,14 @@ impl Replicator {
         match self.pipeline.apply(&kinesis, &mut messages) {
             Ok(()) => {
                 if messages.is_empty() {
-                    self.stats.dropped += 1;
+                    self.metrics.records_dropped.fetch_add(1, Ordering::Relaxed);
                 }
-                let id = self.frontier.track(position, messages.len() as u32, bytes);
+                let id = self.frontier.track_arrived(
+                    position,
+                    messages.len() as u32,
+                    bytes,
+                    record.approximate_arrival_timestamp,
+                );
                 for message in messages.drain(..) {
                     if let Err(e) = self.sink.send(id, &kinesis, message) {
                         self.frontier.fail(id, e.0);
@@ -236,7 +257,7 @@ impl Replicator {
                     }
                     OnInvalid::Skip => {
                         warn!("skipping the invalid record at {at}: {invalid}");
-                        self.stats.skipped += 1;
+                        self.metrics.records_skipped.fetch_add(1, Ordering::Relaxed);
                         self.frontier.track(position, 0, 0);
                     }
                     OnInvalid::DeadLetter => {
@@ -268,10 +289,14 @@ impl Replicator {
     ) -> Result<bool, Fatal> {
         let start = Instant::now();
         let mut last_log = start;
+        // The shard counts as waiting for Kafka from the first unfinished slice until
+        // the wait ends, however it ends.
+        let waiting = Waiting(self.metrics.clone());
         loop {
             if self.frontier.wait_until(WAIT_SLICE, &mut done) {
                 return Ok(true);
             }
+            waiting.0.set_waiting(true);
             self.sink.check_fatal();
             self.check_failure(channel, true)?;
             if channel.daemon_gone() {
@@ -372,7 +397,15 @@ impl Replicator {
         loop {
             attempt += 1;
             self.last_checkpoint_attempt = Instant::now();
-            match channel.checkpoint(position.as_ref())? {
+            self.metrics
+                .checkpoint_attempts
+                .fetch_add(1, Ordering::Relaxed);
+            let result = channel.checkpoint(position.as_ref())?;
+            match &result {
+                CheckpointResult::Done => self.metrics.checkpointed(shown.clone()),
+                CheckpointResult::Failed(error) => self.metrics.checkpoint_failed(error),
+            }
+            match result {
                 CheckpointResult::Done => {
                     info!("checkpointed at {shown}");
                     match position {
@@ -419,6 +452,7 @@ impl Replicator {
         channel: &mut Channel<R, W>,
     ) -> Result<(), Fatal> {
         info!("shutdown requested: flushing and checkpointing");
+        self.metrics.set_state(ShardState::ShuttingDown);
         let flushed = self.wait_for(
             channel,
             Checkpoints::AtTheEnd,
@@ -460,6 +494,7 @@ impl Replicator {
         } else {
             self.checkpoint(channel, None, true)?;
         }
+        self.metrics.set_state(ShardState::Ended);
         channel.status(response_for)
     }
 
@@ -472,6 +507,7 @@ impl Replicator {
         // checkpoint here is impossible (the daemon has no checkpointer) and unneeded.
         info!("lease lost: no further checkpoints; in-flight records are flushed at exit");
         self.lease_gone = true;
+        self.metrics.set_state(ShardState::Ended);
         channel.status(response_for)
     }
 
@@ -500,14 +536,16 @@ impl Replicator {
         self.last_summary = Instant::now();
         let state = self.frontier.state();
         let (produced_again, copies) = self.sink.produced_again();
+        let m = &self.metrics;
+        let millis_behind_latest = m.millis_behind_latest.load(Ordering::Relaxed);
         info!(
             "records={} bytes={} in_flight={} acknowledged={} dropped={} skipped={} dead_lettered={} produced_again={} copies={} last_checkpoint={} millisBehindLatest={}",
-            self.stats.records,
-            self.stats.bytes,
+            m.records_received.load(Ordering::Relaxed),
+            m.bytes_received.load(Ordering::Relaxed),
             state.in_flight_records,
             state.acknowledged_messages,
-            self.stats.dropped,
-            self.stats.skipped,
+            m.records_dropped.load(Ordering::Relaxed),
+            m.records_skipped.load(Ordering::Relaxed),
             self.sink.dead_lettered(),
             produced_again,
             copies,
@@ -518,9 +556,11 @@ impl Replicator {
                     .as_ref()
                     .map_or("none".to_owned(), |p| p.to_string())
             },
-            self.stats
-                .millis_behind_latest
-                .map_or("null".to_owned(), |m| m.to_string())
+            if millis_behind_latest == i64::MIN {
+                "null".to_owned()
+            } else {
+                millis_behind_latest.to_string()
+            }
         );
     }
 }
