@@ -247,6 +247,146 @@ fn environment_credentials_win_over_the_role() {
     assert_eq!(credentials.expiration, None);
 }
 
+/// A loopback HTTP server: each request, as (method, path, headers), gets `answer`'s
+/// (status, body). Its base URL.
+fn http_stand_in(
+    answer: impl Fn(&str, &str, &[(String, String)]) -> (u16, String) + Send + 'static,
+) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                continue;
+            }
+            let mut parts = request_line.split_whitespace();
+            let (method, path) = (
+                parts.next().unwrap_or("").to_owned(),
+                parts.next().unwrap_or("").to_owned(),
+            );
+            let mut headers = Vec::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim_end().is_empty() {
+                    break;
+                }
+                if let Some((name, value)) = line.trim_end().split_once(':') {
+                    headers.push((name.to_ascii_lowercase(), value.trim().to_owned()));
+                }
+            }
+            let (status, body) = answer(&method, &path, &headers);
+            let mut stream = reader.into_inner();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    url
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+const JSON_CREDENTIALS: &str = r#"{"Code":"Success","Type":"AWS-HMAC","AccessKeyId":"ASIAROLE","SecretAccessKey":"role/secret","Token":"role-session","Expiration":"2030-01-01T00:00:00Z"}"#;
+
+#[test]
+fn container_credentials_use_the_pod_identity_token() {
+    let base = http_stand_in(|method, path, headers| {
+        match (method, path, header(headers, "authorization")) {
+            ("GET", "/v1/credentials", Some("pod-identity-token")) => {
+                (200, JSON_CREDENTIALS.to_owned())
+            }
+            _ => (401, "{}".to_owned()),
+        }
+    });
+    let good = token_file("container", "pod-identity-token\n");
+    let bad = token_file("container-bad", "another-token");
+    let chain = |token: &std::path::Path| {
+        env(vec![
+            ("HOME", "/nonexistent".into()),
+            ("AWS_EC2_METADATA_DISABLED", "true".into()),
+            (
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                format!("{base}/v1/credentials"),
+            ),
+            (
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+                token.display().to_string(),
+            ),
+        ])
+    };
+    let credentials = aws_credentials::load(&chain(&good)).unwrap();
+    assert_eq!(credentials.access_key_id, "ASIAROLE");
+    assert_eq!(credentials.secret_access_key, "role/secret");
+    assert_eq!(credentials.session_token.as_deref(), Some("role-session"));
+    assert_eq!(
+        credentials.expiration,
+        Some(UNIX_EPOCH + Duration::from_secs(1_893_456_000))
+    );
+    let err = aws_credentials::load(&chain(&bad)).unwrap_err().to_string();
+    assert!(
+        err.contains("HTTP 401") && err.contains("pod identity"),
+        "{err}"
+    );
+    assert!(!err.contains("another-token"), "{err}");
+    std::fs::remove_file(good).ok();
+    std::fs::remove_file(bad).ok();
+}
+
+#[test]
+fn instance_metadata_credentials_use_an_imdsv2_session() {
+    let imds = |role: Option<&'static str>| {
+        http_stand_in(move |method, path, headers| {
+            let token = header(headers, "x-aws-ec2-metadata-token");
+            match (method, path) {
+                ("PUT", "/latest/api/token")
+                    if header(headers, "x-aws-ec2-metadata-token-ttl-seconds").is_some() =>
+                {
+                    (200, "imds-session".to_owned())
+                }
+                (_, _) if token != Some("imds-session") => (401, String::new()),
+                ("GET", "/latest/meta-data/iam/security-credentials/") => match role {
+                    Some(role) => (200, format!("{role}\n")),
+                    None => (404, String::new()),
+                },
+                ("GET", "/latest/meta-data/iam/security-credentials/replicator-role") => {
+                    (200, JSON_CREDENTIALS.to_owned())
+                }
+                _ => (404, String::new()),
+            }
+        })
+    };
+    let chain = |endpoint: String| {
+        env(vec![
+            ("HOME", "/nonexistent".into()),
+            ("AWS_EC2_METADATA_SERVICE_ENDPOINT", endpoint),
+        ])
+    };
+    let credentials = aws_credentials::load(&chain(imds(Some("replicator-role")))).unwrap();
+    assert_eq!(credentials.access_key_id, "ASIAROLE");
+    assert!(
+        credentials.source.contains("replicator-role"),
+        "{}",
+        credentials.source
+    );
+    let err = aws_credentials::load(&chain(imds(None)))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no IAM role (instance profile)"), "{err}");
+}
+
 // ------------------------------------------------------------------------------------------
 // The Kafka front.
 // ------------------------------------------------------------------------------------------
