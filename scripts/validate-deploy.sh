@@ -6,13 +6,14 @@
 #      (unknown fields are errors), with kubernetes-validate from PyPI, which ships the
 #      schemas in its package: no network once installed;
 #   3. checks what a schema cannot: terminationGracePeriodSeconds exceeds the daemon's
-#      shutdownGraceMillis, the memory limit holds the JVM heap, the probes match
-#      METRICS_PORT, the ServiceAccount carries the IRSA annotation, selectors match, every
-#      manifest is listed in the kustomization, and iam-policy.json is valid JSON with the
-#      statements the KCL daemon and MSK IAM need;
+#      shutdownGraceMillis, the memory limit holds the JVM heap, the container port, the
+#      probes (HTTP GET /healthz) and the scrape annotations all use METRICS_PORT, the
+#      startup probe outlasts run.sh's checks, the ServiceAccount carries the IRSA
+#      annotation, selectors match, every manifest is listed in the kustomization, and
+#      iam-policy.json is valid JSON with the statements the KCL daemon and MSK IAM need;
 #   4. proves that those checks can fail: a few deliberately broken copies of the tree
-#      (an unknown field, a misspelled kind, a grace period too short, a policy statement
-#      missing) must each be rejected.
+#      (an unknown field, a misspelled kind, a grace period too short, a probe or a port
+#      that does not match METRICS_PORT, a policy statement missing) must each be rejected.
 #
 #   scripts/validate-deploy.sh        (from any directory; exit 0 when all is well)
 #
@@ -178,28 +179,51 @@ if heap and "memory" in limits:
     check(shards >= 1, f"memory limit {limit_mib:g} MiB = heap {heap_mib:g} + 200 outside the heap "
           f"+ 32 per shard: room for {shards} shard processors")
 
-# Probes: on /healthz when METRICS_PORT is set, else on the daemon's process.
+# The metrics endpoint and the probes. With METRICS_PORT (the ConfigMap wins over the env
+# file), run.sh starts the metrics server on that port: the container port, the probes'
+# /healthz and the scrape annotations must all name it. Without it (an overlay that turns
+# metrics off) nothing listens, so the probes must be exec probes on the daemon's process
+# and nothing may ask Prometheus to scrape.
 metrics_port = config.get("METRICS_PORT")
 probes = {name: container.get(name) for name in ("startupProbe", "readinessProbe", "livenessProbe")}
+annotations = pod["metadata"].get("annotations") or {}
 check(all(probes.values()), "startup, readiness and liveness probes are set")
 if all(probes.values()):
     if metrics_port is None:
         check(all("MultiLangDaemon" in " ".join(p.get("exec", {}).get("command", [])) for p in probes.values()),
               "without METRICS_PORT every probe is an exec probe on the MultiLangDaemon process")
-        check(not any(k.startswith("prometheus.io/") for k in pod["metadata"].get("annotations", {})),
-              "without METRICS_PORT no scrape annotations (nothing to scrape yet)")
+        check(not any(k.startswith("prometheus.io/") for k in annotations),
+              "without METRICS_PORT no scrape annotations (nothing listens)")
     else:
-        ports = {p.get("name"): p["containerPort"] for p in container.get("ports", [])}
-        def on_healthz(p):
-            get = p.get("httpGet", {})
-            port = ports.get(get.get("port"), get.get("port"))
-            return get.get("path") == "/healthz" and str(port) == str(metrics_port)
-        check(all(on_healthz(p) for p in probes.values()),
-              f"with METRICS_PORT={metrics_port} every probe is an HTTP GET of /healthz on that port")
-        annotations = pod["metadata"].get("annotations", {})
+        port_ok = re.fullmatch(r"\d{1,5}", str(metrics_port)) is not None and 1 <= int(metrics_port) <= 65535
+        check(port_ok, f"METRICS_PORT={metrics_port!r} in the ConfigMap is a TCP port (1-65535), as run.sh requires")
+        bind = str(config.get("METRICS_BIND", "0.0.0.0"))
+        check(not (bind.startswith("127.") or bind in ("::1", "localhost")),
+              f"METRICS_BIND={bind} is reachable from the kubelet and Prometheus (not loopback)")
+        ports = container.get("ports", [])
+        named = {p.get("name"): p for p in ports if p.get("name")}
+        metrics = [p for p in ports if str(p.get("containerPort")) == str(metrics_port)]
+        check(len(metrics) == 1 and metrics[0].get("protocol", "TCP") == "TCP",
+              f"the container declares port {metrics_port} (TCP), the endpoint's")
+        def target(probe):
+            get = probe.get("httpGet") or {}
+            port = get.get("port")
+            port = named[port].get("containerPort") if port in named else port
+            return get.get("scheme", "HTTP"), get.get("path"), str(port)
+        for name, probe in probes.items():
+            check(target(probe) == ("HTTP", "/healthz", str(metrics_port)) and "exec" not in probe,
+                  f"{name} is an HTTP GET of /healthz on METRICS_PORT {metrics_port} "
+                  f"(found {'exec' if 'exec' in probe else '%s %s on port %s' % target(probe)})")
+        startup = probes["startupProbe"]
+        window = startup.get("periodSeconds", 10) * startup.get("failureThreshold", 3)
+        check(window >= 150, f"the startup probe waits {window} s, at least 150 s: run.sh's Kafka check "
+              "(up to 120 s) and the daemon's start come before /healthz answers")
         check(annotations.get("prometheus.io/scrape") == "true"
-              and str(annotations.get("prometheus.io/port")) == str(metrics_port),
-              f"with METRICS_PORT={metrics_port} the pod is annotated for scraping on that port")
+              and str(annotations.get("prometheus.io/port")) == str(metrics_port)
+              and annotations.get("prometheus.io/path", "/metrics") == "/metrics",
+              f"the pod is annotated for scraping /metrics on METRICS_PORT {metrics_port} "
+              f"(scrape={annotations.get('prometheus.io/scrape')}, port={annotations.get('prometheus.io/port')}, "
+              f"path={annotations.get('prometheus.io/path')})")
 
 # The IAM policy: JSON, and the statements the daemon and MSK IAM need, on the right resources.
 try:
@@ -321,7 +345,18 @@ must_fail "terminationGracePeriodSeconds below the grace" deployment.yaml \
     's/terminationGracePeriodSeconds: 45$/terminationGracePeriodSeconds: 30/'
 must_fail "a shutdownGraceMillis the pod cannot outlive" configmap.yaml \
     's/KCL_PROP_shutdownGraceMillis: "30000"/KCL_PROP_shutdownGraceMillis: "60000"/'
-must_fail "METRICS_PORT set, probes still exec" configmap.yaml 's/^  # METRICS_PORT: "9404"$/  METRICS_PORT: "9404"/'
+must_fail "METRICS_PORT unset, probes still on /healthz" configmap.yaml '/^  METRICS_PORT: "9464"$/d'
+must_fail "METRICS_PORT changed, the pod spec not" configmap.yaml 's/^  METRICS_PORT: "9464"$/  METRICS_PORT: "9465"/'
+must_fail "METRICS_PORT not a port" configmap.yaml 's/^  METRICS_PORT: "9464"$/  METRICS_PORT: "metrics"/'
+must_fail "METRICS_BIND on loopback" configmap.yaml 's/^  METRICS_PORT: "9464"$/  METRICS_PORT: "9464"\n  METRICS_BIND: 127.0.0.1/'
+must_fail "the container port not METRICS_PORT" deployment.yaml 's/^              containerPort: 9464$/              containerPort: 9404/'
+must_fail "the liveness probe on another path" deployment.yaml \
+    '/^          livenessProbe:$/,/path:/s|path: /healthz|path: /status|'
+must_fail "the readiness probe still an exec probe" deployment.yaml \
+    '/^          readinessProbe:$/,/port: metrics/{s|^            httpGet:$|            exec:|;s|^              path: /healthz$|              command: [/bin/true]|;/^              port: metrics$/d}'
+must_fail "a startup probe shorter than run.sh's checks" deployment.yaml \
+    '/^          startupProbe:$/,/failureThreshold/s/failureThreshold: 36/failureThreshold: 12/'
+must_fail "the scrape annotation on another port" deployment.yaml 's/prometheus.io\/port: "9464"/prometheus.io\/port: "9090"/'
 must_fail "the IAM policy without dynamodb:Query" iam-policy.json '/"dynamodb:Query"/d'
 must_fail "the IAM policy not JSON" iam-policy.json '0,/"Effect": "Allow",/s//"Effect": "Allow"/'
 must_fail "a manifest not in the kustomization" kustomization.yaml '/  - poddisruptionbudget.yaml/d'
