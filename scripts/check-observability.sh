@@ -11,7 +11,12 @@
 #      panels use the `datasource` variable, every variable it references defined, and every
 #      PromQL expression (panel targets and variable queries) parsed by promtool, with the
 #      dashboard's variables replaced by sample values ($topic, $shard, $__rate_interval, …);
-#   5. proves those checks can fail: broken copies of the rules and of the dashboard must
+#   5. live: the real metrics server (`kinesis-kafka-replicator metrics`: KKR_BIN, else the
+#      newer of target/release and target/debug, else `cargo build`) fed by two stand-in
+#      shard children over its socket and scraped by a real Prometheus (Debian's package
+#      again) that loads alerts.yml: every rule evaluates without error, the two alerts the
+#      stand-ins provoke fire and no other, and every dashboard query returns series;
+#   6. proves those checks can fail: broken copies of the rules and of the dashboard must
 #      each be rejected.
 #
 #   scripts/check-observability.sh        (from any directory; exit 0 when all is well)
@@ -125,7 +130,14 @@ version=$("$promtool" --version 2>&1 | head -n1) || die "$promtool does not run"
 printf 'using %s (%s)\n' "$promtool" "$version"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/check-observability.XXXXXX")
-trap 'rm -rf -- "$work"' EXIT
+started=()   # the processes step 5 starts, ended by their pids
+cleanup() {
+    local pid
+    for pid in "${started[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${started[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf -- "$work"
+}
+trap cleanup EXIT
 
 # ---- 1, 2: the alerting rules ---------------------------------------------------------------
 step "promtool check rules deploy/prometheus/alerts.yml"
@@ -285,7 +297,147 @@ mkdir -p -- "$work/main"
 check_names_and_dashboard "$DASHBOARD" "$RULES" "$SERVER_SOURCE" "$promtool" "$work/main" ||
     die "the dashboard or the metric names are not right (FAIL lines above)"
 
-# ---- 5: negative controls ---------------------------------------------------------------------
+# ---- 5: live, against the real metrics server and a real Prometheus ------------------------
+prometheus=$(command -v prometheus || true)
+[[ -n $prometheus || ! -x /usr/bin/prometheus ]] || prometheus=/usr/bin/prometheus
+if [[ -z $prometheus ]]; then
+    apt_install prometheus ||
+        die "the live check needs the Prometheus server (Debian: apt-get install prometheus, which also brings promtool)"
+    prometheus=/usr/bin/prometheus
+fi
+binary=${KKR_BIN:-}
+if [[ -z $binary ]]; then
+    for candidate in "$ROOT/target/release/kinesis-kafka-replicator" "$ROOT/target/debug/kinesis-kafka-replicator"; do
+        if [[ -x $candidate && (-z $binary || $candidate -nt $binary) ]]; then binary=$candidate; fi
+    done
+fi
+if [[ -z $binary ]]; then
+    command -v cargo >/dev/null || die "no kinesis-kafka-replicator binary (KKR_BIN, target/) and no cargo to build one"
+    step "building kinesis-kafka-replicator (cargo build) for the live check"
+    (cd -- "$ROOT" && cargo build --locked --bin kinesis-kafka-replicator) || die "cargo build failed (above)"
+    binary=$ROOT/target/debug/kinesis-kafka-replicator
+fi
+[[ -x $binary ]] || die "KKR_BIN=$binary is not an executable"
+step "live: $binary metrics, two stand-in shards, scraped by $("$prometheus" --version 2>&1 | head -n1)"
+read -r metrics_port prometheus_port < <(python3 -c '
+import socket
+s = [socket.socket() for _ in range(2)]
+for x in s: x.bind(("127.0.0.1", 0))
+print(*(x.getsockname()[1] for x in s))')
+# The server exits when the pid it watches (the daemon's, under run.sh) is gone: a sleep
+# of ours stands in for the daemon.
+sleep 600 &
+started+=("$!")
+"$binary" metrics --socket "$work/metrics.sock" --listen "127.0.0.1:$metrics_port" --watch-pid "$!" \
+    >"$work/server.log" 2>&1 &
+started+=("$!")
+for _ in $(seq 100); do
+    [[ -S $work/metrics.sock ]] && break
+    sleep 0.1
+done
+[[ -S $work/metrics.sock ]] || die "the metrics server did not start:" "$(cat -- "$work/server.log")"
+# Two shard children reporting as src/metrics.rs's Snapshot (a renamed field would leave
+# series missing below): one healthy, one waiting for Kafka with a message refused and one
+# dead-lettered every second.
+python3 - "$work/metrics.sock" >"$work/children.log" 2>&1 <<'PYTHON' &
+import json, socket, sys, threading, time
+def child(shard, troubled):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sys.argv[1])
+    start, n = int(time.time() * 1000), 0
+    while True:
+        n += 1
+        latency = [0, 0, 0, 0, 10 * n, 50 * n, 90 * n] + [95 * n] * 9
+        s.sendall((json.dumps({
+            "shard": shard, "topic": "orders", "pid": 4242,
+            "state": "waiting_for_kafka" if troubled else "processing",
+            "records_received": 100 * n, "bytes_received": 10000 * n, "messages_acknowledged": 95 * n,
+            "records_in_flight": 5, "bytes_in_flight": 500, "records_dropped": n, "records_skipped": n,
+            "messages_dead_lettered": n * troubled, "messages_produced_again": n, "messages_copied": n,
+            "checkpoint_attempts": n, "checkpoints": n, "checkpoint_failures": {"ThrottlingException": 1},
+            "last_checkpoint": "49590/0", "last_checkpoint_unix_ms": start, "millis_behind_latest": 1000,
+            "delivery_failures": {"MessageSizeTooLarge": n} if troubled else {},
+            "producer_errors": {"AllBrokersDown": 1}, "producer_queue_messages": 7,
+            "broker_rtt_seconds": {"b-1:9092/1": 0.002},
+            "replication_latency": {"buckets": latency, "count": 95 * n, "sum": 40.0 * n},
+            "batch_duration": {"buckets": [5 * n] * 16, "count": 5 * n, "sum": 0.01 * n},
+            "unix_ms": int(time.time() * 1000)}) + "\n").encode())
+        time.sleep(1)
+for shard, troubled in (("shardId-000000000000", 0), ("shardId-000000000001", 1)):
+    threading.Thread(target=child, args=(shard, troubled), daemon=True).start()
+time.sleep(600)
+PYTHON
+started+=("$!")
+cat >"$work/prometheus.yml" <<YAML
+global: {scrape_interval: 1s, evaluation_interval: 1s}
+rule_files: ["$RULES"]
+scrape_configs:
+  - job_name: kinesis-kafka-replicator
+    static_configs: [{targets: ["127.0.0.1:$metrics_port"], labels: {namespace: check, pod: replicator-0}}]
+YAML
+"$prometheus" --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/tsdb" \
+    --web.listen-address="127.0.0.1:$prometheus_port" >"$work/prometheus.log" 2>&1 &
+started+=("$!")
+live_ok=1
+python3 - "$prometheus_port" "$DASHBOARD" <<'PYTHON' || live_ok=0
+import json, re, sys, time, urllib.parse, urllib.request
+port, dashboard_path = sys.argv[1:3]
+def api(path, **query):
+    url = f"http://127.0.0.1:{port}/api/v1/{path}" + ("?" + urllib.parse.urlencode(query) if query else "")
+    return json.load(urllib.request.urlopen(url, timeout=10))["data"]
+failures = []
+def check(ok, message, detail=""):
+    print(("ok    " if ok else "FAIL  ") + message + (f"\n      {detail}" if detail and not ok else ""))
+    if not ok:
+        failures.append(message)
+# 20 scrapes (the rates over 10 s need a few), within a minute.
+deadline = time.time() + 60
+scrapes = 0
+while time.time() < deadline:
+    try:
+        result = api("query", query="count_over_time(kkr_shards[30s])")["result"]
+        scrapes = int(result[0]["value"][1]) if result else 0
+    except OSError:
+        scrapes = 0
+    if scrapes >= 20:
+        break
+    time.sleep(1)
+check(scrapes >= 20, f"Prometheus scraped the metrics server ({scrapes} scrapes of kkr_shards)")
+if failures:
+    sys.exit(1)
+rules = [r for g in api("rules")["groups"] for r in g["rules"]]
+bad = [f"{r['name']}: {r.get('lastError')}" for r in rules if r["health"] != "ok"]
+check(len(rules) > 0 and not bad, f"all {len(rules)} alerting rules evaluate without error on the scraped series",
+      "; ".join(bad))
+firing = sorted((r["name"], a["labels"].get("shard", "")) for r in rules for a in r.get("alerts", [])
+                if a["state"] == "firing")
+want = [("KinesisKafkaDeadLetters", "shardId-000000000001"),
+        ("KinesisKafkaDeliveryFailures", "shardId-000000000001")]
+check(firing == want, "firing: KinesisKafkaDeadLetters and KinesisKafkaDeliveryFailures, for the troubled shard only",
+      f"firing: {firing}")
+dashboard = json.load(open(dashboard_path))
+values = {"topic": "orders", "shard": "shardId-000000000001", "__rate_interval": "10s"}
+def panels(ps):
+    for p in ps:
+        yield p
+        yield from panels(p.get("panels", []))
+empty, count = [], 0
+for p in panels(dashboard["panels"]):
+    for t in p.get("targets", []):
+        count += 1
+        expr = re.sub(r"\$\{?(\w+)\}?", lambda m: values[m.group(1)], t["expr"])
+        if not api("query", query=expr)["result"]:
+            empty.append(f"{p['title']} {t['refId']}: {expr}")
+check(count > 0 and not empty, f"all {count} dashboard queries return series from the scrape", "\n      ".join(empty))
+sys.exit(1 if failures else 0)
+PYTHON
+((live_ok)) || die "the live check failed (FAIL lines above)" \
+    "metrics server: $(tail -n5 -- "$work/server.log")" "Prometheus: $(tail -n5 -- "$work/prometheus.log")"
+for pid in "${started[@]}"; do kill "$pid" 2>/dev/null || true; done
+for pid in "${started[@]}"; do wait "$pid" 2>/dev/null || true; done
+started=()
+
+# ---- 6: negative controls ---------------------------------------------------------------------
 step "negative controls: broken copies must each be rejected"
 controls=0
 # Arguments: a name, a sed expression. A copy of alerts.yml broken so must fail its tests.
