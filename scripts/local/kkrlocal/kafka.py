@@ -1035,3 +1035,66 @@ class BlackholeProxy:
                 self._unregister(sock)
                 sock.close()
             self._selector.close()
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _serve(argv: list[str] | None = None) -> int:
+    """`python -m kkrlocal.kafka --serve DIR [--topic NAME:PARTITIONS]...`
+
+    Starts a broker in DIR (formatted if new), creates the topics, prints the lines
+    `bootstrap=HOST:PORT` and `pid=PID` (the JVM's) on stdout, then serves until stdin
+    reaches EOF or the process gets SIGTERM/SIGINT, and stops the broker. For callers in
+    other languages (the benchmark's fleet mode): closing the pipe to stdin stops it.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m kkrlocal.kafka", description=_serve.__doc__)
+    parser.add_argument("--serve", metavar="DIR", required=True, help="the broker's work folder")
+    parser.add_argument(
+        "--topic", action="append", default=[], metavar="NAME:PARTITIONS", help="create this topic (repeatable)"
+    )
+    parser.add_argument(
+        "--cache",
+        default=os.environ.get("KKR_CACHE", str(Path.home() / ".cache" / "kinesis-kafka-replicator")),
+        help="where the jars are (fetched there once); default $KKR_CACHE or ~/.cache/kinesis-kafka-replicator",
+    )
+    args = parser.parse_args(argv)
+    topics = []
+    for spec in args.topic:
+        name, _, parts = spec.rpartition(":")
+        if not name or not parts.isdigit():
+            parser.error(f"--topic {spec!r}: expected NAME:PARTITIONS")
+        topics.append((name, int(parts)))
+    workdir = Path(args.serve)
+    workdir.mkdir(parents=True, exist_ok=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    broker = KafkaBroker(workdir, fetch_kafka_jars(Path(args.cache)))
+    try:
+        broker.start()
+        if topics:
+            broker.create_topics(topics)
+        print(f"bootstrap={broker.bootstrap}", flush=True)
+        print(f"pid={broker._proc.pid if broker._proc else 0}", flush=True)
+
+        def wait_for_eof() -> None:
+            try:
+                while sys.stdin.buffer.read(4096):
+                    pass
+            except (OSError, ValueError):
+                pass
+            stop.set()
+
+        threading.Thread(target=wait_for_eof, daemon=True).start()
+        while not stop.is_set() and broker.running:
+            stop.wait(0.5)
+        return 0 if stop.is_set() else 1
+    finally:
+        broker.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(_serve())
