@@ -21,14 +21,16 @@
 #
 #   scripts/check-observability.sh        (from any directory; exit 0 when all is well)
 #
-# promtool comes from Debian's `prometheus` package (apt-get, as root) when it is not on
-# PATH; where apt cannot install it, it is built with `go install` from the Go module proxy
-# into KKR_CACHE (default ~/.cache/kinesis-kafka-replicator). PROMTOOL=/path/to/promtool
-# uses that binary instead.
+# promtool and the Prometheus server come from Debian's `prometheus` package (apt-get, as
+# root) when they are not on PATH; where apt cannot install them, they are built with
+# `go install` from the Go module proxy into KKR_CACHE (default
+# ~/.cache/kinesis-kafka-replicator). PROMTOOL=/path/to/promtool and
+# PROMETHEUS=/path/to/prometheus use those binaries instead.
 set -Eeuo pipefail
 
-# The Go module of Prometheus 2.54.1 (its Go module versions are v0.x), for the fallback.
-readonly PROMTOOL_GO_VERSION=v0.54.1
+# The Go module of Prometheus 3.x (its Go module versions are v0.x; older ones carry replace
+# directives, which `go install` refuses), for the fallback.
+readonly PROMETHEUS_GO_VERSION=v0.316.0
 
 ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
 readonly ROOT
@@ -95,37 +97,48 @@ apt_install() {
 command -v python3 >/dev/null || apt_install python3 ||
     die "python3 is required (Debian: apt-get install python3)"
 
-promtool=${PROMTOOL:-}
-if [[ -n $promtool ]]; then
-    [[ -x $promtool ]] || die "PROMTOOL=$promtool is not an executable"
-elif command -v promtool >/dev/null; then
-    promtool=$(command -v promtool)
-elif [[ -x $cache/promtool-$PROMTOOL_GO_VERSION/promtool ]]; then
-    promtool=$cache/promtool-$PROMTOOL_GO_VERSION/promtool
-else
-    # Debian's `prometheus` package ships /usr/bin/promtool. The daemon it also installs is
-    # not started where there is no init system (containers, CI); where there is one, it is
-    # disabled again below, since nothing here needs a Prometheus server.
-    if apt_install prometheus && [[ -x /usr/bin/promtool ]]; then
-        promtool=/usr/bin/promtool
+# Finds (or installs) one of Prometheus's two binaries: `promtool`, `prometheus` (the server,
+# for step 5). Order: the variable PROMTOOL / PROMETHEUS, PATH, /usr/bin, this script's
+# cache, Debian's `prometheus` package (both binaries), else `go install` of both from the
+# Go module proxy into the cache. Prints the path.
+find_tool() {
+    local name=$1 given=$2 found target go
+    if [[ -n $given ]]; then
+        [[ -x $given ]] || die "$given (from the environment) is not an executable"
+        printf '%s\n' "$given"
+        return
+    fi
+    target=$cache/prometheus-$PROMETHEUS_GO_VERSION
+    for found in "$(command -v "$name" || true)" "/usr/bin/$name" "$target/$name"; do
+        if [[ -n $found && -x $found ]]; then
+            printf '%s\n' "$found"
+            return
+        fi
+    done
+    # Debian's package also installs the server as a service: not started where there is no
+    # init system (containers, CI); where there is one, it is disabled again, since nothing
+    # here needs it running.
+    if apt_install prometheus >&2 && [[ -x /usr/bin/$name ]]; then
         if command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
             systemctl disable --now prometheus >/dev/null 2>&1 || true
         fi
-    else
-        go=$(command -v go || true)
-        [[ -n $go || ! -x /usr/local/go/bin/go ]] || go=/usr/local/go/bin/go
-        [[ -n $go ]] ||
-            die "promtool is not installed, apt-get cannot install Debian's prometheus package here, and there is no Go toolchain to build it" \
-                "install promtool (Debian: apt-get install prometheus), or point PROMTOOL at a promtool binary"
-        target=$cache/promtool-$PROMTOOL_GO_VERSION
-        step "building promtool (github.com/prometheus/prometheus $PROMTOOL_GO_VERSION, go install, Go module proxy) into $target"
-        mkdir -p -- "$target"
-        GOBIN=$target "$go" install "github.com/prometheus/prometheus/cmd/promtool@$PROMTOOL_GO_VERSION" ||
-            die "go install github.com/prometheus/prometheus/cmd/promtool@$PROMTOOL_GO_VERSION failed (output above)" \
-                "promtool is required; nothing was checked"
-        promtool=$target/promtool
+        printf '%s\n' "/usr/bin/$name"
+        return
     fi
-fi
+    go=$(command -v go || true)
+    [[ -n $go || ! -x /usr/local/go/bin/go ]] || go=/usr/local/go/bin/go
+    [[ -n $go ]] ||
+        die "$name is not installed, apt-get cannot install Debian's prometheus package here, and there is no Go toolchain to build it" \
+            "install it (Debian: apt-get install prometheus), or set PROMTOOL and PROMETHEUS to the binaries"
+    step "building promtool and prometheus (github.com/prometheus/prometheus $PROMETHEUS_GO_VERSION, go install, Go module proxy) into $target" >&2
+    mkdir -p -- "$target"
+    GOBIN=$target "$go" install "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_GO_VERSION" \
+        "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_GO_VERSION" >&2 ||
+        die "go install github.com/prometheus/prometheus/cmd/{promtool,prometheus}@$PROMETHEUS_GO_VERSION failed (output above)" \
+            "nothing was checked"
+    printf '%s\n' "$target/$name"
+}
+promtool=$(find_tool promtool "${PROMTOOL:-}")
 version=$("$promtool" --version 2>&1 | head -n1) || die "$promtool does not run"
 printf 'using %s (%s)\n' "$promtool" "$version"
 
@@ -298,13 +311,7 @@ check_names_and_dashboard "$DASHBOARD" "$RULES" "$SERVER_SOURCE" "$promtool" "$w
     die "the dashboard or the metric names are not right (FAIL lines above)"
 
 # ---- 5: live, against the real metrics server and a real Prometheus ------------------------
-prometheus=$(command -v prometheus || true)
-[[ -n $prometheus || ! -x /usr/bin/prometheus ]] || prometheus=/usr/bin/prometheus
-if [[ -z $prometheus ]]; then
-    apt_install prometheus ||
-        die "the live check needs the Prometheus server (Debian: apt-get install prometheus, which also brings promtool)"
-    prometheus=/usr/bin/prometheus
-fi
+prometheus=$(find_tool prometheus "${PROMETHEUS:-}")
 binary=${KKR_BIN:-}
 if [[ -z $binary ]]; then
     for candidate in "$ROOT/target/release/kinesis-kafka-replicator" "$ROOT/target/debug/kinesis-kafka-replicator"; do
