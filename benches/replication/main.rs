@@ -34,6 +34,7 @@ mod broker;
 mod ceilings;
 mod chart;
 mod driver;
+mod fleet;
 mod options;
 mod report;
 mod results;
@@ -111,6 +112,9 @@ pub fn bench() -> Result<()> {
     }
     let machine = machine_description();
     let commit = git_description();
+    if ctx_fleet(&options) {
+        return run_fleet_mode(options, logs, replicator, &out_dir, &machine, &commit);
+    }
     println!("# kinesis-kafka-replicator replication benchmark");
     println!("machine: {machine}");
     println!("commit: {commit}; binary: {}", replicator.display());
@@ -242,4 +246,70 @@ pub fn bench() -> Result<()> {
         }))?,
     )?;
     render(&out_dir, &header, &results, ctx.options.publish)
+}
+
+fn ctx_fleet(options: &options::Options) -> bool {
+    options.fleet.is_some()
+}
+
+/// `--fleet`: N children at once against Apache Kafka; prints the table, writes
+/// target/bench/fleet.json and target/bench/fleet.md.
+fn run_fleet_mode(
+    options: options::Options,
+    logs: PathBuf,
+    replicator: PathBuf,
+    out_dir: &Path,
+    machine: &str,
+    commit: &str,
+) -> Result<()> {
+    println!("# kinesis-kafka-replicator fleet benchmark");
+    println!("machine: {machine}");
+    println!("commit: {commit}; binary: {}", replicator.display());
+    println!("load average at start: {}", load_average());
+    println!("Python baseline: {}", options.python_note);
+    let mut ctx = Context {
+        options,
+        logs,
+        replicator,
+        run_counter: 0,
+    };
+    let fleet_options = ctx
+        .options
+        .fleet
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no fleet options"))?;
+    let started = Instant::now();
+    let results = fleet::run_fleet(&mut ctx, &fleet_options)?;
+    println!();
+    println!(
+        "finished in {:.0} s; load average at end: {}",
+        started.elapsed().as_secs_f64(),
+        load_average()
+    );
+    let mut md = String::new();
+    md.push_str(&format!(
+        "<!-- {} · {machine} · {commit} · {} s per configuration -->\n",
+        utc_now(),
+        fleet_options.seconds
+    ));
+    for r in &results {
+        md.push_str(&fleet::fleet_row(r));
+        md.push('\n');
+    }
+    fs::write(out_dir.join("fleet.md"), md)?;
+    fs::write(
+        out_dir.join("fleet.json"),
+        serde_json::to_string_pretty(&json!({
+            "machine": machine,
+            "commit": commit,
+            "date": utc_now(),
+            "binary": ctx.replicator.display().to_string(),
+            "python": ctx.options.python_note,
+            "seconds": fleet_options.seconds,
+            "warmup": fleet_options.warmup,
+            "rate": fleet_options.rate,
+            "results": results.iter().map(fleet::fleet_json).collect::<Vec<_>>(),
+        }))?,
+    )?;
+    Ok(())
 }

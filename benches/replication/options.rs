@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _, Result};
 
 use crate::driver::tail;
+use crate::fleet::{FleetOptions, Mode};
 use crate::support::broker::BrokerKind as Broker;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -86,6 +87,8 @@ pub struct Options {
     pub run_timeout: Duration,
     /// librdkafka properties added to the replicator's config (and so to the raw producer).
     pub extra_properties: BTreeMap<String, String>,
+    /// The fleet figure instead of the backlog runs (`--fleet`).
+    pub fleet: Option<FleetOptions>,
 }
 
 pub const HELP: &str = "\
@@ -106,6 +109,13 @@ OPTIONS (lists are comma-separated):
     --publish            also write docs/benchmark.svg and the table in docs/benchmark.md
     --from-json PATH     measure nothing: re-render the table and chart of an earlier run
                          (target/bench/replication.json)
+    --fleet [LIST]       the fleet figure instead of the backlog runs: LIST children at once
+                         (default 8,32,64) against Apache Kafka (scripts/local/kkrlocal), each
+                         fed one processRecords line a second, busy and idle; Rust and Python
+    --fleet-seconds N    measured seconds per configuration (default 30)
+    --fleet-warmup N     seconds before the window opens (default 5)
+    --fleet-rate BYTES   bytes per second per busy child (default 1000000)
+    --fleet-load LIST    busy,idle (default both)
     --help
 
 ENVIRONMENT:
@@ -116,6 +126,8 @@ ENVIRONMENT:
                              the replicator's window (default 10000 records, 8 MiB)
     BENCH_RECORD_HEADERS     false: no kinesis.* headers (records.headers), for the raw producer too
     BENCH_CHILD_LOG_LEVEL    KCL_LOG_LEVEL of the replicator (default INFO; logs in target/bench/logs)
+    BENCH_KAFKA_PYTHON       the Python that runs kkrlocal.kafka for --fleet (default: the local
+                             stack's venv, ~/.cache/kinesis-kafka-replicator/venv, else python3)
     KKR_BIN                  the replicator binary (default: the one cargo built for the bench)
     TANSU                    the tansu binary (default: tansu on PATH)
 ";
@@ -159,12 +171,18 @@ pub fn parse_options() -> Result<Option<Options>> {
         python_note: String::new(),
         run_timeout: Duration::from_secs(300),
         extra_properties: BTreeMap::new(),
+        fleet: None,
     };
+    let mut fleet_sizes: Option<Vec<usize>> = None;
+    let mut fleet_seconds = 30;
+    let mut fleet_warmup = 5;
+    let mut fleet_rate = 1_000_000;
+    let mut fleet_modes = vec![Mode::Busy, Mode::Idle];
     let mut records = None;
     let mut target_repeat = None;
     let mut sizes_given = false;
     let mut no_python = false;
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args().skip(1).peekable();
     while let Some(arg) = args.next() {
         let (name, inline) = match arg.split_once('=') {
             Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
@@ -211,6 +229,40 @@ pub fn parse_options() -> Result<Option<Options>> {
                 target_repeat = Some(value(&name)?.parse().context("--target-repeat")?)
             }
             "--from-json" => o.from_json = Some(PathBuf::from(value(&name)?)),
+            "--fleet" => {
+                let list = match inline.clone() {
+                    Some(v) => Some(v),
+                    None if args
+                        .peek()
+                        .is_some_and(|a| a.starts_with(|c: char| c.is_ascii_digit())) =>
+                    {
+                        args.next()
+                    }
+                    None => None,
+                };
+                fleet_sizes = Some(match list {
+                    Some(v) => parse_list(&v, |s| s.parse().ok(), "fleet size")?,
+                    None => vec![8, 32, 64],
+                });
+            }
+            "--fleet-seconds" => {
+                fleet_seconds = value(&name)?.parse().context("--fleet-seconds")?
+            }
+            "--fleet-warmup" => fleet_warmup = value(&name)?.parse().context("--fleet-warmup")?,
+            "--fleet-rate" => {
+                fleet_rate = parse_size(&value(&name)?).ok_or_else(|| anyhow!("--fleet-rate"))?
+            }
+            "--fleet-load" => {
+                fleet_modes = parse_list(
+                    &value(&name)?,
+                    |s| match s {
+                        "busy" => Some(Mode::Busy),
+                        "idle" => Some(Mode::Idle),
+                        _ => None,
+                    },
+                    "fleet load",
+                )?
+            }
             "--partitions" => o.partitions = value(&name)?.parse().context("--partitions")?,
             other => bail!("unknown argument {other:?}; see --help"),
         }
@@ -251,6 +303,19 @@ pub fn parse_options() -> Result<Option<Options>> {
             o.extra_properties
                 .insert(k.trim().to_owned(), v.trim().to_owned());
         }
+    }
+    if let Some(sizes) = fleet_sizes {
+        if sizes.contains(&0) || sizes.iter().any(|n| *n > 999) || fleet_seconds == 0 {
+            bail!("--fleet sizes must be 1 to 999 children, --fleet-seconds positive");
+        }
+        o.fleet = Some(FleetOptions {
+            sizes,
+            seconds: fleet_seconds,
+            warmup: fleet_warmup,
+            rate: fleet_rate,
+            record_size: 1000,
+            modes: fleet_modes,
+        });
     }
     if no_python {
         o.python_note = "skipped (--no-python)".into();
