@@ -48,7 +48,7 @@ class Child:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.log,
-            env={**os.environ, "RUST_LOG": os.environ.get("KKR_TEST_RUST_LOG", "info")},
+            env={**os.environ, "RUST_LOG": "info"},
         )
         self.buffer = b""
         self.checkpoints: list[tuple[str, int]] = []
@@ -185,7 +185,7 @@ def write_config(tmp_path, stack, topic: str, dead_letters: str | None):
             # Small produce batches, so that several are in flight to the partition when
             # one is refused: those are the ones the idempotent producer resends ahead of
             # the refused batchmates.
-            "properties": {"batch.num.messages": "100", **json.loads(os.environ.get("KKR_TEST_PROPS", "{}"))},
+            "properties": {"batch.num.messages": "100"},
         },
         "checkpoint": {"freq_seconds": "1"},
         "records": {"timestamp": "arrival"},
@@ -201,6 +201,21 @@ def record_figures(figures: dict) -> None:
     with open(FIGURES, "a") as f:
         f.write(json.dumps(figures) + "\n")
     print(f"\nFIGURES {json.dumps(figures)}")
+
+
+def replicate_and_hand_back(child: Child, total: int, per_batch: int, invalid: set[int]) -> int:
+    """Initializes the child, sends the records, then ends as the daemon does when a lease is
+    handed over (shutdownRequested, leaseLost, stdin closed). Returns the exit code."""
+    try:
+        assert child.act({"action": "initialize", "shardId": "shardId-000000000000",
+                          "sequenceNumber": "TRIM_HORIZON", "subSequenceNumber": 0})
+        for batch in batches(total, per_batch, invalid, int(time.time() * 1000)):
+            assert child.act(batch), child.text()
+        assert child.act({"action": "shutdownRequested"}, timeout=90), child.text()
+        assert child.act({"action": "leaseLost"})
+        return child.close()
+    finally:
+        child.kill()
 
 
 def summary(log: str) -> dict[str, int]:
@@ -223,17 +238,7 @@ def test_batchmates_of_a_refused_record_are_produced_again_in_key_order(stack, t
     # test_a_single_invalid_record_takes_its_batch_along).
     invalid = {120, 121, 640, 641}
     child = Child(stack.binary, write_config(tmp_path, stack, topic, dead_letters), tmp_path / "child.log")
-    try:
-        assert child.act({"action": "initialize", "shardId": "shardId-000000000000",
-                          "sequenceNumber": "TRIM_HORIZON", "subSequenceNumber": 0})
-        now_ms = int(time.time() * 1000)
-        for batch in batches(total, per_batch, invalid, now_ms):
-            assert child.act(batch), child.text()
-        assert child.act({"action": "shutdownRequested"}, timeout=90), child.text()
-        assert child.act({"action": "leaseLost"})
-        code = child.close()
-    finally:
-        child.kill()
+    code = replicate_and_hand_back(child, total, per_batch, invalid)
     log = child.text()
     assert code == 0, log
 
@@ -290,7 +295,9 @@ def test_without_a_dead_letter_topic_the_shard_stops_at_the_refused_record_not_b
     seen = {n for _, n, _ in messages}
     assert set(range(first_invalid)) <= seen, sorted(set(range(first_invalid)) - seen)[:10]
     assert first_invalid not in seen
-    assert last_copy_order_violations(messages) == []
+    # Up to the checkpoint the topic is final; what came after the invalid record (queued
+    # before the failure was known) is replayed after the fix, which puts it back in order.
+    assert last_copy_order_violations([m for m in messages if m[1] < first_invalid]) == []
     assert summary(log)["produced_again"] > 0
 
 
@@ -304,16 +311,7 @@ def test_a_single_invalid_record_takes_its_batch_along(stack, tmp_path):
     topic, dead_letters = setup_topics(stack, name)
     total, invalid = 1000, {150}
     child = Child(stack.binary, write_config(tmp_path, stack, topic, dead_letters), tmp_path / "child.log")
-    try:
-        assert child.act({"action": "initialize", "shardId": "shardId-000000000000",
-                          "sequenceNumber": "TRIM_HORIZON", "subSequenceNumber": 0})
-        for batch in batches(total, 500, invalid, int(time.time() * 1000)):
-            assert child.act(batch), child.text()
-        assert child.act({"action": "shutdownRequested"}, timeout=90), child.text()
-        assert child.act({"action": "leaseLost"})
-        code = child.close()
-    finally:
-        child.kill()
+    code = replicate_and_hand_back(child, total, 500, invalid)
     log = child.text()
     assert code == 0, log
     figures = summary(log)
