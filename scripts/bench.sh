@@ -4,6 +4,9 @@
 #   scripts/bench.sh                  full run (about 7 minutes on 2 cores); rewrites
 #                                     docs/benchmark.svg and the table in docs/benchmark.md
 #   scripts/bench.sh --quick          1 KB records only, fewer of them (about a minute)
+#   scripts/bench.sh --fleet          the fleet figure instead: 8, 32 and 64 children at once
+#                                     against Apache Kafka (kkrlocal.kafka), busy and idle, Rust
+#                                     and Python (about 9 minutes); --fleet 8,32 --fleet-seconds 60
 #   scripts/bench.sh --help           every filter and option
 #
 # What this script adds around `cargo bench --bench replication`:

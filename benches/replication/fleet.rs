@@ -73,6 +73,7 @@ pub struct FleetResult {
     pub host_cores: f64,
     pub rss_mean_mib: f64,
     pub rss_max_mib: f64,
+    pub anon_mean_mib: f64,
     pub threads_mean: f64,
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
@@ -253,7 +254,9 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
         .or_else(|| proc_cpu_seconds(pid))
 }
 
-fn rss_threads(pid: u32) -> Option<(u64, u64)> {
+/// VmRSS, RssAnon (what the child does not share: the binary's and libraries' pages are
+/// shared by every child) and Threads, in KiB and threads.
+fn rss_threads(pid: u32) -> Option<(u64, u64, u64)> {
     let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| {
         text.lines()
@@ -261,7 +264,7 @@ fn rss_threads(pid: u32) -> Option<(u64, u64)> {
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse::<u64>().ok())
     };
-    Some((field("VmRSS:")?, field("Threads:")?))
+    Some((field("VmRSS:")?, field("RssAnon:")?, field("Threads:")?))
 }
 
 /// Runs every configuration: for each N, each mode, each kind (Rust, then Python).
@@ -531,7 +534,7 @@ fn run_one(
     let broker1 = server.jvm_pid.and_then(proc_cpu_seconds);
     let (busy1, total1) = host_jiffies();
     let elapsed = t0.elapsed().as_secs_f64();
-    let mem: Vec<(u64, u64)> = pids.iter().filter_map(|p| rss_threads(*p)).collect();
+    let mem: Vec<(u64, u64, u64)> = pids.iter().filter_map(|p| rss_threads(*p)).collect();
     for t in threads {
         let _ = t.join();
     }
@@ -550,7 +553,8 @@ fn run_one(
     lat.sort_by(f64::total_cmp);
     let mut st = status_ms.lock().map(|l| l.clone()).unwrap_or_default();
     st.sort_by(f64::total_cmp);
-    let rss: Vec<f64> = mem.iter().map(|(r, _)| *r as f64 / 1024.0).collect();
+    let rss: Vec<f64> = mem.iter().map(|(r, _, _)| *r as f64 / 1024.0).collect();
+    let anon: Vec<f64> = mem.iter().map(|(_, a, _)| *a as f64 / 1024.0).collect();
     let failed = failed.load(Ordering::Relaxed) as usize;
     Ok(FleetResult {
         kind: kind.name().into(),
@@ -567,7 +571,8 @@ fn run_one(
         host_cores: (busy1 - busy0) as f64 / (total1 - total0).max(1) as f64 * cores,
         rss_mean_mib: rss.iter().sum::<f64>() / rss.len().max(1) as f64,
         rss_max_mib: rss.iter().copied().fold(0.0, f64::max),
-        threads_mean: mem.iter().map(|(_, t)| *t as f64).sum::<f64>() / mem.len().max(1) as f64,
+        anon_mean_mib: anon.iter().sum::<f64>() / anon.len().max(1) as f64,
+        threads_mean: mem.iter().map(|(_, _, t)| *t as f64).sum::<f64>() / mem.len().max(1) as f64,
         p50_ms: percentile(&lat, 0.50),
         p99_ms: percentile(&lat, 0.99),
         samples: lat.len(),
@@ -587,9 +592,9 @@ fn opt(v: Option<f64>, digits: usize) -> String {
 
 pub fn print_fleet_header() {
     println!(
-        "| child | load | N | records/s asked | achieved | CPU, all children (cores) | per child (ms/s) | broker (cores) | host busy (cores) | RSS mean / max (MiB) | threads | hand-off to readable p50 / p99 (ms) | status p99 (ms) |"
+        "| child | load | N | records/s asked | achieved | CPU, all children (cores) | per child (ms/s) | broker (cores) | host busy (cores) | RSS mean / max (MiB) | private (RssAnon) mean (MiB) | threads | hand-off to readable p50 / p99 (ms) | status p99 (ms) |"
     );
-    println!("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    println!("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
 }
 
 pub fn fleet_row(r: &FleetResult) -> String {
@@ -599,7 +604,7 @@ pub fn fleet_row(r: &FleetResult) -> String {
         }
     }
     format!(
-        "| {} | {} | {} | {:.0} | {:.0} | {:.3} | {:.2} | {} | {:.2} | {:.1} / {:.1} | {:.0} | {} / {} | {} |{}",
+        "| {} | {} | {} | {:.0} | {:.0} | {:.3} | {:.2} | {} | {:.2} | {:.1} / {:.1} | {:.1} | {:.0} | {} / {} | {} |{}",
         r.kind,
         r.mode,
         r.children,
@@ -611,6 +616,7 @@ pub fn fleet_row(r: &FleetResult) -> String {
         r.host_cores,
         r.rss_mean_mib,
         r.rss_max_mib,
+        r.anon_mean_mib,
         r.threads_mean,
         opt(r.p50_ms, 1),
         opt(r.p99_ms, 1),
@@ -628,7 +634,7 @@ pub fn fleet_json(r: &FleetResult) -> serde_json::Value {
         "kind": r.kind, "mode": r.mode, "children": r.children, "seconds": r.seconds,
         "asked_rps": r.asked_rps, "achieved_rps": r.achieved_rps,
         "children_cores": r.children_cores, "broker_cores": r.broker_cores,
-        "host_cores": r.host_cores, "rss_mean_mib": r.rss_mean_mib, "rss_max_mib": r.rss_max_mib,
+        "host_cores": r.host_cores, "rss_mean_mib": r.rss_mean_mib, "rss_max_mib": r.rss_max_mib, "anon_mean_mib": r.anon_mean_mib,
         "threads_mean": r.threads_mean, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
         "latency_samples": r.samples, "status_p99_ms": r.status_p99_ms,
         "failed": r.failed, "error": r.error, "load_average_after": load_average(),

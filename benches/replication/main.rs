@@ -17,6 +17,9 @@
 //! (`scripts/bench.sh` sets it up). `cargo bench --bench replication -- --help` lists the options;
 //! `docs/benchmark.md` explains the figures.
 //!
+//! With `--fleet` it measures something else: many children at once, each fed at a shard's
+//! steady rate, against Apache Kafka ([`fleet`]).
+//!
 //! Run it through `scripts/bench.sh`. It is not part of `cargo test`.
 //!
 //! The rooms: [`options`] (the command line), [`workload`] (records and lines), [`broker`] (a fresh
