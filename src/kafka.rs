@@ -1116,14 +1116,22 @@ mod tests {
     use super::*;
     use rdkafka::message::Headers;
     use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::DefaultProducerContext;
 
-    #[test]
-    fn a_fatal_producer_error_fails_the_oldest_record_in_flight_instead_of_waiting_forever() {
+    /// A sink for shard 1 on a one-broker mock cluster with topic `t`, and `properties`
+    /// (a JSON object's inside) in `kafka.properties`.
+    fn sink_on_mock(
+        properties: &str,
+    ) -> (
+        MockCluster<'static, DefaultProducerContext>,
+        Arc<Frontier>,
+        KafkaSink,
+    ) {
         let cluster = MockCluster::new(1).unwrap();
         cluster.create_topic("t", 1, 1).unwrap();
         let config = Config::from_template(
             &format!(
-                r#"{{"kafka":{{"bootstrap_servers":"{}","topic":"t"}}}}"#,
+                r#"{{"kafka":{{"bootstrap_servers":"{}","topic":"t","properties":{{{properties}}}}}}}"#,
                 cluster.bootstrap_servers()
             ),
             |_| None,
@@ -1132,6 +1140,12 @@ mod tests {
         let frontier = Arc::new(Frontier::new());
         let mut sink = KafkaSink::new(&config, frontier.clone()).unwrap();
         sink.set_shard("shardId-000000000001", None);
+        (cluster, frontier, sink)
+    }
+
+    #[test]
+    fn a_fatal_producer_error_fails_the_oldest_record_in_flight_instead_of_waiting_forever() {
+        let (cluster, frontier, mut sink) = sink_on_mock("");
         // Kafka unreachable: the records stay queued, as when the error strikes.
         cluster.broker_down(1).unwrap();
         let sequence = |i: u64| format!("4959{i:052}");
@@ -1179,19 +1193,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_does_not_hold_a_record_once_an_earlier_one_failed() {
-        let cluster = MockCluster::new(1).unwrap();
-        cluster.create_topic("t", 1, 1).unwrap();
-        let config = Config::from_template(
-            &format!(
-                r#"{{"kafka":{{"bootstrap_servers":"{}","topic":"t","properties":{{"queue.buffering.max.messages":"1"}}}}}}"#,
-                cluster.bootstrap_servers()
-            ),
-            |_| None,
-        )
-        .unwrap();
-        let frontier = Arc::new(Frontier::new());
-        let mut sink = KafkaSink::new(&config, frontier.clone()).unwrap();
-        sink.set_shard("shardId-000000000001", None);
+        let (cluster, frontier, mut sink) = sink_on_mock(r#""queue.buffering.max.messages":"1""#);
         // Kafka unreachable: the first message fills librdkafka's queue for good.
         cluster.broker_down(1).unwrap();
         let record = KinesisRecord {
