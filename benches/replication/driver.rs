@@ -71,6 +71,20 @@ pub fn env_number(name: &str, default: u64) -> u64 {
 
 /// A command with the benchmark's environment: nothing from the developer's shell that the
 /// replicator, librdkafka or the Python replicator would read.
+/// The Python replicator of ../shared/bench/, writing to `topic` at `bootstrap`.
+pub fn python_command(ctx: &Context, bootstrap: &str, topic: &str) -> Result<Command> {
+    let runner = ctx
+        .options
+        .python
+        .clone()
+        .ok_or_else(|| anyhow!("no Python"))?;
+    let mut c = clean_command(&runner);
+    c.env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
+        .env("KAFKA_TOPIC", topic)
+        .env("LOG_LEVEL", "INFO");
+    Ok(c)
+}
+
 pub fn clean_command(program: &Path) -> Command {
     let mut command = Command::new(program);
     for (name, _) in std::env::vars_os() {
@@ -141,16 +155,8 @@ pub fn drive_inner(
         }
         Kind::Python => {
             let broker = broker.ok_or_else(|| anyhow!("no broker"))?;
-            let runner = ctx
-                .options
-                .python
-                .clone()
-                .ok_or_else(|| anyhow!("no Python"))?;
-            let mut c = clean_command(&runner);
-            c.env("KAFKA_BOOTSTRAP_SERVERS", &broker.bootstrap)
-                .env("KAFKA_TOPIC", &broker.topic)
-                .env("CHECKPOINT_FREQ_SECONDS", "1")
-                .env("LOG_LEVEL", "INFO");
+            let mut c = python_command(ctx, &broker.bootstrap, &broker.topic)?;
+            c.env("CHECKPOINT_FREQ_SECONDS", "1");
             c
         }
         Kind::Status => {

@@ -25,7 +25,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::json;
 
 use crate::accounting::{host_jiffies, load_average, proc_cpu_seconds};
-use crate::driver::{clean_command, Context};
+use crate::driver::{clean_command, python_command, Context};
 use crate::options::Kind;
 use crate::results::percentile;
 use crate::support::inline::InlineDaemon;
@@ -387,18 +387,7 @@ fn run_one(
                     .env("KCL_LOG_LEVEL", &level);
                 c
             }
-            Kind::Python => {
-                let runner = ctx
-                    .options
-                    .python
-                    .clone()
-                    .ok_or_else(|| anyhow!("no Python"))?;
-                let mut c = clean_command(&runner);
-                c.env("KAFKA_BOOTSTRAP_SERVERS", &server.bootstrap)
-                    .env("KAFKA_TOPIC", topic)
-                    .env("LOG_LEVEL", "INFO");
-                c
-            }
+            Kind::Python => python_command(ctx, &server.bootstrap, topic)?,
             other => bail!("{other:?} has no fleet"),
         };
         command
