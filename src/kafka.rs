@@ -377,9 +377,6 @@ pub struct KafkaSink {
     /// Times each record was produced again for a refused batchmate, while any
     /// partition is watched ([`produce_again`]).
     attempts: HashMap<RecordId, u32>,
-    /// Messages produced again for a refused batchmate, and copies made behind them.
-    produced_again: u64,
-    copies: u64,
 }
 
 impl KafkaSink {
@@ -426,8 +423,6 @@ impl KafkaSink {
             shard_ordinal: 0,
             partition_counts: HashMap::new(),
             attempts: HashMap::new(),
-            produced_again: 0,
-            copies: 0,
         })
     }
 
@@ -734,7 +729,6 @@ impl KafkaSink {
                     let again = &self.producer.context().again;
                     if again.copy(&r.message.topic, partition, r.opaque) {
                         let stamp = produce_again::opaque(id, again.generation());
-                        self.copies += 1;
                         self.producer
                             .context()
                             .metrics
@@ -788,21 +782,20 @@ impl KafkaSink {
                 .context()
                 .again
                 .producing_again(&message.topic, partition, id, next_id);
-        self.produced_again += 1;
-        self.producer
-            .context()
-            .metrics
+        let metrics = &self.producer.context().metrics;
+        let produced_again = metrics
             .messages_produced_again
-            .fetch_add(1, Ordering::Relaxed);
-        if self.produced_again == 1 || self.produced_again.is_power_of_two() {
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
+        if produced_again.is_power_of_two() {
             warn!(
                 "producing again a message of {} to {} partition {partition}: the broker refused its batch for another record in it ({reason}); {} so far, and {} copies of later messages of such partitions to keep each key's last copy in order",
                 self.frontier
                     .position(id)
                     .map_or("a record without sequence number".to_owned(), |p| p.to_string()),
                 message.topic,
-                self.produced_again,
-                self.copies
+                produced_again,
+                metrics.messages_copied.load(Ordering::Relaxed)
             );
         }
         self.send_again(produce_again::opaque(id, generation), partition, message);
@@ -847,7 +840,11 @@ impl KafkaSink {
 
     /// Messages produced again for a refused batchmate, and copies made behind them.
     pub fn produced_again(&self) -> (u64, u64) {
-        (self.produced_again, self.copies)
+        let metrics = &self.producer.context().metrics;
+        (
+            metrics.messages_produced_again.load(Ordering::Relaxed),
+            metrics.messages_copied.load(Ordering::Relaxed),
+        )
     }
 
     /// The figures this sink counts into (shared with the session and the reporter).

@@ -12,12 +12,12 @@
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set. It exits when the daemon does.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read as _};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
 use log::{debug, info, warn};
@@ -234,8 +234,6 @@ fn read_reports(stream: UnixStream, connection: u64, shards: &Shards) {
         }
     }
 }
-
-use std::io::Read as _;
 
 /// Whether process `pid` exists.
 fn alive(pid: i32) -> bool {
@@ -710,24 +708,6 @@ pub fn config_from_args(args: &[String]) -> Result<ServerConfig, String> {
         watch_pid,
         otlp,
     })
-}
-
-/// Waits for a snapshot from `shard` (tests, and `--check` use).
-pub fn wait_for_shard(shards: &Shards, shard: &str, timeout: Duration) -> Option<Snapshot> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some((s, _)) = shards
-            .snapshots()
-            .into_iter()
-            .find(|(s, _)| s.shard == shard)
-        {
-            return Some(s);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[cfg(test)]
