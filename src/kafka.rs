@@ -6,6 +6,7 @@
 //! blocks. The session thread sends, and waits on the frontier when the producer's queue
 //! or the in-flight window is full.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::error::Error;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -64,6 +65,10 @@ pub struct DeliveryContext {
     last_error: LastError,
     /// Makes the OAUTHBEARER tokens with KAFKA_SASL_MECHANISM=AWS_MSK_IAM.
     msk_iam: Option<MskIam>,
+    /// Exactly-once: the positions topic. A failed message fails its record and nothing
+    /// is produced again or dead-lettered from here: the whole transaction is aborted and
+    /// replayed from the last committed position.
+    positions_topic: Option<String>,
 }
 
 impl ClientContext for DeliveryContext {
@@ -125,6 +130,10 @@ impl ProducerContext for DeliveryContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
         let (id, _) = produce_again::split_opaque(opaque);
+        if self.positions_topic.is_some() {
+            self.transactional_delivery(result, id);
+            return;
+        }
         let (error, message) = match result {
             Ok(message) => {
                 if self.is_dead_letter_topic(message.topic()) {
@@ -200,6 +209,45 @@ impl ProducerContext for DeliveryContext {
 }
 
 impl DeliveryContext {
+    /// A delivery report of a transactional producer. The position record's own report is
+    /// not a record's: its failure shows as the commit's.
+    fn transactional_delivery(&self, result: &DeliveryResult<'_>, id: RecordId) {
+        match result {
+            Ok(message) => {
+                if self.positions_topic.as_deref() == Some(message.topic()) {
+                    return;
+                }
+                if self.is_dead_letter_topic(message.topic()) {
+                    self.metrics
+                        .messages_dead_lettered
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(arrival) = self.frontier.acknowledge(id) {
+                    self.metrics.acknowledged_record(arrival);
+                }
+            }
+            Err((error, message)) => {
+                // An abort purges what is queued: those records are produced again.
+                if matches!(
+                    error.rdkafka_error_code(),
+                    Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)
+                ) || self.positions_topic.as_deref() == Some(message.topic())
+                {
+                    return;
+                }
+                self.metrics.delivery_failed(&error_kind(error));
+                self.frontier.fail(
+                    id,
+                    format!(
+                        "Kafka refused the message for topic {} partition {}: {error}",
+                        message.topic(),
+                        message.partition()
+                    ),
+                );
+            }
+        }
+    }
+
     /// Copies a reported message for the session thread, which produces from it.
     fn hand_back(&self, opaque: usize, message: &BorrowedMessage<'_>, what: Handback) {
         let returned = Returned {
@@ -377,6 +425,83 @@ pub struct KafkaSink {
     /// Times each record was produced again for a refused batchmate, while any
     /// partition is watched ([`produce_again`]).
     attempts: HashMap<RecordId, u32>,
+    /// Exactly-once: what a shard's transactional producer is made from, and whether a
+    /// transaction is open.
+    transactions: Option<Transactions>,
+}
+
+struct Transactions {
+    config: Box<Config>,
+    open: Cell<bool>,
+    /// The position record is in the open transaction (a commit is being retried).
+    position_written: Cell<bool>,
+}
+
+/// How a transactional call failed, as the session acts on it.
+#[derive(Debug)]
+pub enum TxnError {
+    /// The producer can do nothing more: another producer with the same transactional id
+    /// (the shard's next owner) fenced it, or another fatal error.
+    Fatal(String),
+    /// The open transaction must be aborted.
+    Abort(String),
+    /// The same call may be made again (a timeout, a coordinator moving).
+    Retry(String),
+}
+
+impl std::fmt::Display for TxnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TxnError::Fatal(m) | TxnError::Abort(m) | TxnError::Retry(m) => f.write_str(m),
+        }
+    }
+}
+
+fn txn_error(what: &str, error: KafkaError) -> TxnError {
+    let message = format!("{what}: {error}");
+    match &error {
+        KafkaError::Transaction(e) if e.is_fatal() => TxnError::Fatal(message),
+        KafkaError::Transaction(e) if e.txn_requires_abort() => TxnError::Abort(message),
+        KafkaError::Transaction(e) if e.is_retriable() => TxnError::Retry(message),
+        // The flush before a commit timed out: the commit may be tried again.
+        KafkaError::Flush(_) => TxnError::Retry(message),
+        _ => TxnError::Abort(message),
+    }
+}
+
+/// A producer (with its polling thread) whose delivery reports update `frontier`:
+/// transactional when `transactional_id` is given.
+fn new_producer(
+    config: &Config,
+    frontier: &Arc<Frontier>,
+    metrics: &Arc<Metrics>,
+    transactional_id: Option<&str>,
+) -> Result<PolledProducer<DeliveryContext>> {
+    let context = DeliveryContext {
+        frontier: frontier.clone(),
+        dead_letter_topic: config.dead_letter_topic().map(str::to_owned),
+        returned: Mutex::new(Vec::new()),
+        again: ProduceAgain::default(),
+        metrics: metrics.clone(),
+        last_error: LastError::default(),
+        msk_iam: msk_iam::for_config(config)?,
+        positions_topic: transactional_id.map(|_| config.positions_topic()),
+    };
+    let mut client = client_config(config);
+    if let Some(id) = transactional_id {
+        client.set("transactional.id", id);
+    }
+    // The queue depth and broker round-trip times, when metrics are exported.
+    if std::env::var_os(METRICS_SOCKET_ENV).is_some_and(|p| !p.is_empty())
+        && client.get("statistics.interval.ms").is_none()
+    {
+        client.set("statistics.interval.ms", "5000");
+    }
+    let producer: BaseProducer<DeliveryContext> = client
+        .create_with_context(context)
+        .map_err(|e| anyhow!("cannot create the Kafka producer: {e}; check kafka.properties in the configuration"))?;
+    PolledProducer::new(producer)
+        .map_err(|e| anyhow!("cannot start the producer's polling thread: {e}"))
 }
 
 impl KafkaSink {
@@ -390,27 +515,7 @@ impl KafkaSink {
         frontier: Arc<Frontier>,
         metrics: Arc<Metrics>,
     ) -> Result<KafkaSink> {
-        let context = DeliveryContext {
-            frontier: frontier.clone(),
-            dead_letter_topic: config.dead_letter_topic().map(str::to_owned),
-            returned: Mutex::new(Vec::new()),
-            again: ProduceAgain::default(),
-            metrics: metrics.clone(),
-            last_error: LastError::default(),
-            msk_iam: msk_iam::for_config(config)?,
-        };
-        let mut client = client_config(config);
-        // The queue depth and broker round-trip times, when metrics are exported.
-        if std::env::var_os(METRICS_SOCKET_ENV).is_some_and(|p| !p.is_empty())
-            && client.get("statistics.interval.ms").is_none()
-        {
-            client.set("statistics.interval.ms", "5000");
-        }
-        let producer: BaseProducer<DeliveryContext> = client
-            .create_with_context(context)
-            .map_err(|e| anyhow!("cannot create the Kafka producer: {e}; check kafka.properties in the configuration"))?;
-        let producer = PolledProducer::new(producer)
-            .map_err(|e| anyhow!("cannot start the producer's polling thread: {e}"))?;
+        let producer = new_producer(config, &frontier, &metrics, None)?;
         warm_up(&producer, config.kafka.topic.trim());
         Ok(KafkaSink {
             producer,
@@ -423,6 +528,11 @@ impl KafkaSink {
             shard_ordinal: 0,
             partition_counts: HashMap::new(),
             attempts: HashMap::new(),
+            transactions: config.exactly_once().then(|| Transactions {
+                config: Box::new(config.clone()),
+                open: Cell::new(false),
+                position_written: Cell::new(false),
+            }),
         })
     }
 
@@ -625,6 +735,11 @@ impl KafkaSink {
         message: Outgoing<'_>,
     ) -> Result<(), (String, Refused)> {
         let (id, _) = produce_again::split_opaque(opaque);
+        if let Err(reason) = self.begin_transaction() {
+            // The session finds the failure and ends the transaction.
+            self.frontier.fail(id, reason);
+            return Ok(());
+        }
         let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(message.topic, opaque);
         if let Some(key) = message.key {
             record = record.key(key);
@@ -856,6 +971,112 @@ impl KafkaSink {
         self.producer.context().last_error.get()
     }
 
+    /// Exactly-once: replaces the producer with the shard's transactional one and
+    /// initializes it, which fences every earlier producer of the shard (a child of a
+    /// daemon that lost the lease and has not noticed yet) and ends its open transaction.
+    pub fn start_transactions(
+        &mut self,
+        transactional_id: &str,
+        timeout: Duration,
+    ) -> Result<(), TxnError> {
+        let Some(transactions) = &self.transactions else {
+            return Ok(());
+        };
+        if self.producer.context().positions_topic.is_none() {
+            let metrics = self.producer.context().metrics.clone();
+            self.producer = new_producer(
+                &transactions.config,
+                &self.frontier,
+                &metrics,
+                Some(transactional_id),
+            )
+            .map_err(|e| TxnError::Fatal(format!("{e:#}")))?;
+        }
+        self.producer
+            .init_transactions(timeout)
+            .map_err(|e| txn_error("initializing the transactional producer", e))
+    }
+
+    /// Opens a transaction unless one is open (no broker call: librdkafka registers the
+    /// partitions as they are written).
+    fn begin_transaction(&self) -> Result<(), String> {
+        let Some(transactions) = &self.transactions else {
+            return Ok(());
+        };
+        if transactions.open.get() || self.producer.context().positions_topic.is_none() {
+            return Ok(());
+        }
+        self.producer
+            .begin_transaction()
+            .map_err(|e| format!("cannot begin a Kafka transaction: {e}"))?;
+        transactions.open.set(true);
+        Ok(())
+    }
+
+    /// Writes the shard's position record (`key`, `value`) into the open transaction and
+    /// commits it: librdkafka first waits for every message of it to be acknowledged.
+    /// A `Retry` may be followed by the same call.
+    /// `None`: no record of the shard has a position yet, so there is none to write.
+    pub fn commit(
+        &mut self,
+        key: &str,
+        value: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<(), TxnError> {
+        let Some(transactions) = &self.transactions else {
+            return Ok(());
+        };
+        let topic = transactions.config.positions_topic();
+        self.begin_transaction().map_err(TxnError::Abort)?;
+        // Once written, the position is in the open transaction: a retried commit must
+        // not write it twice.
+        if let Some(value) = value.filter(|_| !transactions.position_written.get()) {
+            let record = BaseRecord::<str, [u8], usize>::with_opaque_to(&topic, usize::MAX)
+                .key(key)
+                .payload(value);
+            self.producer
+                .send(record)
+                .map_err(|(e, _)| txn_error(&format!("cannot write the position to {topic}"), e))?;
+            transactions.position_written.set(true);
+        }
+        self.producer
+            .commit_transaction(timeout)
+            .map_err(|e| txn_error("committing the transaction", e))?;
+        transactions.open.set(false);
+        transactions.position_written.set(false);
+        Ok(())
+    }
+
+    /// Aborts the open transaction, if any: its messages are never read by read_committed
+    /// consumers.
+    pub fn abort(&mut self, timeout: Duration) -> Result<(), TxnError> {
+        let Some(transactions) = &self.transactions else {
+            return Ok(());
+        };
+        if !transactions.open.get() {
+            return Ok(());
+        }
+        self.producer
+            .abort_transaction(timeout)
+            .map_err(|e| txn_error("aborting the transaction", e))?;
+        transactions.open.set(false);
+        transactions.position_written.set(false);
+        Ok(())
+    }
+
+    /// Whether a transaction is open (exactly-once).
+    pub fn in_transaction(&self) -> bool {
+        self.transactions.as_ref().is_some_and(|t| t.open.get())
+    }
+
+    /// The producer's fatal error, if it hit one (exactly-once: fenced by the next owner).
+    pub fn fatal_error(&self) -> Option<String> {
+        self.producer
+            .client()
+            .fatal_error()
+            .map(|(code, reason)| format!("{code:?}: {reason}"))
+    }
+
     /// Gives librdkafka a bounded time to deliver what is queued, producing meanwhile
     /// what the delivery thread hands back (batchmates of a refused record and their
     /// copies, dead letters), so that the checkpoint can reach them.
@@ -1080,11 +1301,23 @@ pub fn check_topic(config: &Config, topic: &str, timeout: Duration) -> Result<To
     }
 }
 
-/// The client of `--check-config`: it keeps librdkafka's last error to explain a failure.
-struct CheckContext {
+/// The client of `--check-config` and of the positions topic: it keeps librdkafka's last
+/// error to explain a failure, and signs MSK IAM tokens.
+pub struct CheckContext {
     last_error: LastError,
     msk_iam: Option<MskIam>,
 }
+
+impl CheckContext {
+    pub fn for_config(config: &Config) -> Result<CheckContext> {
+        Ok(CheckContext {
+            last_error: LastError::default(),
+            msk_iam: msk_iam::for_config(config)?,
+        })
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for CheckContext {}
 
 impl ClientContext for CheckContext {
     const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;

@@ -9,12 +9,14 @@ pub mod aws_credentials;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod exactly_once;
 pub mod kafka;
 pub mod logging;
 pub mod metrics;
 pub mod metrics_server;
 pub mod msk_iam;
 pub mod otlp;
+pub mod positions;
 pub mod processing;
 pub mod produce_again;
 pub mod protocol;
@@ -86,17 +88,17 @@ pub fn run_child<R: Read>(
     let code = match session.run(&mut replicator) {
         End::Eof => {
             info!("stdin closed; exiting");
-            replicator.finish();
+            replicator.finish(true);
             EXIT_OK
         }
         End::Fatal(Fatal::DaemonGone(why)) => {
             warn!("{why}");
-            replicator.finish();
+            replicator.finish(false);
             EXIT_OK
         }
         End::Fatal(fatal) => {
             error!("{fatal}");
-            replicator.finish();
+            replicator.finish(false);
             EXIT_FAILURE
         }
     };

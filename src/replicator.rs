@@ -11,9 +11,11 @@ use log::{error, info, warn};
 
 use crate::checkpoint::{Frontier, FrontierState, Position};
 use crate::config::{Config, OnInvalid};
-use crate::kafka::KafkaSink;
+use crate::exactly_once::ExactlyOnce;
+use crate::kafka::{KafkaSink, TxnError};
 use crate::logging;
 use crate::metrics::{Metrics, ShardState};
+use crate::positions;
 use crate::protocol::{DaemonMessage, Record};
 use crate::session::{Channel, CheckpointResult, Fatal, Handler};
 use crate::transform::{recycle, KafkaMessage, KinesisRecord, Pipeline};
@@ -23,6 +25,12 @@ use crate::transform::{recycle, KafkaMessage, KinesisRecord, Pipeline};
 const WAIT_SLICE: Duration = Duration::from_millis(100);
 /// How often a long wait for Kafka says so.
 const WAITING_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// One attempt of a transactional call (exactly-once): a call that times out is made
+/// again, saying so, until it succeeds, the transaction must be aborted, or the daemon goes.
+const TRANSACTION_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `initialize` may take to fence the previous owner and read the shard's
+/// position before the child gives up and the daemon tries again.
+const EXACTLY_ONCE_START_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Clears the shard's waiting-for-Kafka state when a wait ends.
 struct Waiting(Arc<Metrics>);
@@ -64,6 +72,10 @@ pub struct Replicator {
     /// When the current `processRecords` began.
     batch_started: Instant,
     last_summary: Instant,
+    /// Exactly-once: the shard's transactions (set at initialize).
+    eos: Option<ExactlyOnce>,
+    /// Exactly-once: records skipped because an earlier owner committed them.
+    already_in_kafka: u64,
 }
 
 impl Replicator {
@@ -91,15 +103,18 @@ impl Replicator {
             metrics,
             batch_started: now,
             last_summary: now,
+            eos: None,
+            already_in_kafka: 0,
         }
     }
 
-    fn initialize(
+    fn initialize<R: Read, W: Write>(
         &mut self,
         shard_id: Option<&str>,
         sequence_number: Option<&str>,
         sub: Option<i64>,
-    ) {
+        channel: &mut Channel<R, W>,
+    ) -> Result<(), Fatal> {
         if let Some(shard_id) = shard_id {
             self.shard_id = shard_id.to_owned();
             logging::set_shard(shard_id);
@@ -119,6 +134,70 @@ impl Replicator {
             sub.map_or("null".to_owned(), |s| s.to_string()),
             self.config.kafka.topic
         );
+        if self.config.exactly_once() {
+            self.start_exactly_once(channel)?;
+        }
+        Ok(())
+    }
+
+    /// Exactly-once: fences the shard's previous owner (initializing the transactional
+    /// producer ends its open transaction and forbids its commits), then reads the shard's
+    /// last committed position: the records up to it are in Kafka already.
+    fn start_exactly_once<R: Read, W: Write>(
+        &mut self,
+        channel: &mut Channel<R, W>,
+    ) -> Result<(), Fatal> {
+        let mut eos = ExactlyOnce::new(&self.config, &self.shard_id);
+        let started = Instant::now();
+        loop {
+            match self
+                .sink
+                .start_transactions(&eos.transactional_id, TRANSACTION_CALL_TIMEOUT)
+            {
+                Ok(()) => break,
+                Err(TxnError::Retry(why)) if started.elapsed() < EXACTLY_ONCE_START_TIMEOUT => {
+                    warn!("{why}; trying again ({} s so far)", started.elapsed().as_secs());
+                    if channel.daemon_gone() {
+                        return Err(Fatal::DaemonGone(
+                            "the daemon closed stdin while this child started its transactional producer; exiting".into(),
+                        ));
+                    }
+                }
+                Err(e) => {
+                    return Err(Fatal::Delivery(format!(
+                        "cannot start exactly-once delivery for shard {} (transactional id {}): {e}; check that the brokers allow transactions (transaction.state.log.replication.factor, min.insync.replicas) and that this principal may use the transactional id (IDEMPOTENT_WRITE and TransactionalId WRITE ACLs); exiting so that the daemon tries again",
+                        self.shard_id, eos.transactional_id
+                    )))
+                }
+            }
+        }
+        let left = EXACTLY_ONCE_START_TIMEOUT.saturating_sub(started.elapsed());
+        let position = positions::ensure_topic(&self.config, left.min(Duration::from_secs(30)))
+            .and_then(|()| positions::read(&self.config, &eos.transactional_id, left))
+            .map_err(|e| {
+                Fatal::Delivery(format!(
+                    "cannot read the last committed position of shard {}: {e:#}; exiting so that the daemon tries again",
+                    self.shard_id
+                ))
+            })?;
+        match (&position, &self.checkpointed) {
+            (Some(p), Some(c)) if p > c => info!(
+                "exactly-once: the positions topic has {p}, after the checkpoint {c}: the records up to it are in Kafka already and are skipped"
+            ),
+            (Some(p), None) => info!(
+                "exactly-once: the positions topic has {p} and the lease no checkpoint: the records up to it are skipped"
+            ),
+            (Some(p), _) => info!("exactly-once: committed position {p}"),
+            (None, _) => info!("exactly-once: no committed position for this shard yet"),
+        }
+        eos.resume(position, self.checkpointed.as_ref());
+        info!(
+            "exactly-once: transactional id {}, positions topic {}",
+            eos.transactional_id,
+            self.config.positions_topic()
+        );
+        self.eos = Some(eos);
+        Ok(())
     }
 
     /// A `processRecords` begins.
@@ -151,6 +230,9 @@ impl Replicator {
                 |s| s.in_flight_records < max_records && s.in_flight_bytes < max_bytes,
             )?;
         }
+        if self.eos.as_ref().is_some_and(ExactlyOnce::due) {
+            self.commit_span(channel)?;
+        }
         Ok(())
     }
 
@@ -177,6 +259,13 @@ impl Replicator {
         self.sink.handle_returned();
         self.sink.check_fatal();
         self.check_failure(channel, true)?;
+        if self
+            .eos
+            .as_ref()
+            .is_some_and(|eos| eos.due_at_batch_end(millis_behind_latest))
+        {
+            self.commit_span(channel)?;
+        }
         self.maybe_checkpoint(channel, false)?;
         self.maybe_log_summary();
         self.metrics
@@ -224,6 +313,17 @@ impl Replicator {
             warn!("a record has no sequence number; it is replicated but cannot be a checkpoint itself");
         }
         let position = sequence_number.map(|s| Position::new(s, sub_sequence_number));
+        if let Some(eos) = &mut self.eos {
+            if eos.already_committed(position.as_ref()) {
+                self.already_in_kafka += 1;
+                if self.already_in_kafka == 1 {
+                    info!("skipping records up to the committed position: an earlier owner of the shard committed them");
+                }
+                self.frontier.track(position, 0, 0);
+                return Ok(());
+            }
+            eos.add(position.clone(), bytes);
+        }
         let mut messages = recycle(std::mem::take(&mut self.messages));
         match self.pipeline.apply(&kinesis, &mut messages) {
             Ok(()) => {
@@ -337,9 +437,17 @@ impl Replicator {
         channel: &mut Channel<R, W>,
         may_checkpoint: bool,
     ) -> Result<(), Fatal> {
+        if self.eos.is_some() {
+            if let Some(why) = self.sink.fatal_error() {
+                return Err(self.fenced(&why));
+            }
+        }
         let Some(failure) = self.frontier.failure() else {
             return Ok(());
         };
+        if self.eos.is_some() {
+            return self.abort_span(channel, &format!("a record failed at {failure}"));
+        }
         // Batchmates of a refused record that come before the failure are produced again
         // first, so that the checkpoint can reach them.
         self.sink.handle_returned();
@@ -369,7 +477,13 @@ impl Replicator {
         {
             return Ok(());
         }
-        let Some(frontier) = self.frontier.frontier() else {
+        // Exactly-once: only a committed position; the acknowledged frontier may be in an
+        // open transaction that is still aborted.
+        let frontier = match &self.eos {
+            Some(eos) => eos.committed().cloned(),
+            None => self.frontier.frontier(),
+        };
+        let Some(frontier) = frontier else {
             return Ok(());
         };
         if self.checkpointed.as_ref().is_some_and(|c| frontier <= *c) {
@@ -468,6 +582,7 @@ impl Replicator {
             );
         }
         self.check_failure(channel, true)?;
+        self.commit_span(channel)?;
         self.maybe_checkpoint(channel, true)?;
         channel.status("shutdownRequested")
     }
@@ -489,6 +604,8 @@ impl Replicator {
             |s| s.in_flight_records == 0,
         )?;
         self.check_failure(channel, true)?;
+        // The parent's last records are committed before SHARD_END lets its children start.
+        self.commit_span(channel)?;
         if self.lease_gone {
             warn!("the lease is gone (ShutdownException earlier); not checkpointing SHARD_END");
         } else {
@@ -507,12 +624,153 @@ impl Replicator {
         // checkpoint here is impossible (the daemon has no checkpointer) and unneeded.
         info!("lease lost: no further checkpoints; in-flight records are flushed at exit");
         self.lease_gone = true;
+        if self.eos.is_some() {
+            // The next owner replays the open span from the committed position.
+            self.abort_quietly();
+        }
         self.metrics.set_state(ShardState::Ended);
         channel.status(response_for)
     }
 
-    /// At stdin EOF: give in-flight records a bounded time, then report.
-    pub fn finish(&mut self) {
+    /// Exactly-once: commits the open span with its position record. A commit that times
+    /// out is tried again (every message of the span is acknowledged first, so a Kafka
+    /// outage shows here); one that fails for good aborts the span.
+    fn commit_span<R: Read, W: Write>(&mut self, channel: &mut Channel<R, W>) -> Result<(), Fatal> {
+        if self.eos.as_ref().is_none_or(ExactlyOnce::is_empty) {
+            return Ok(());
+        }
+        self.check_failure(channel, true)?;
+        let started = Instant::now();
+        let mut last_log = started;
+        loop {
+            let Some(eos) = &self.eos else {
+                return Ok(());
+            };
+            let value = eos
+                .span_position()
+                .map(|p| positions::encode(&self.shard_id, p));
+            let key = eos.transactional_id.clone();
+            match self
+                .sink
+                .commit(&key, value.as_deref(), TRANSACTION_CALL_TIMEOUT)
+            {
+                Ok(()) => {
+                    if let Some(eos) = &mut self.eos {
+                        eos.committed_span();
+                    }
+                    return Ok(());
+                }
+                Err(TxnError::Retry(why)) => {
+                    if channel.daemon_gone() {
+                        return Err(Fatal::DaemonGone(format!(
+                            "the daemon closed stdin while this child committed a transaction ({why}); exiting without a checkpoint (the next owner resumes after the last committed position)"
+                        )));
+                    }
+                    self.check_failure(channel, true)?;
+                    if last_log.elapsed() >= WAITING_LOG_INTERVAL {
+                        last_log = Instant::now();
+                        warn!(
+                            "committing the transaction of {} records for {} s: {why}; trying again{}",
+                            self.eos.as_ref().map_or(0, ExactlyOnce::span_records),
+                            started.elapsed().as_secs(),
+                            self.sink
+                                .last_client_error()
+                                .map(|e| format!("; last Kafka error: {e}"))
+                                .unwrap_or_default()
+                        );
+                    }
+                }
+                Err(TxnError::Abort(why)) => return self.abort_span(channel, &why),
+                Err(TxnError::Fatal(why)) => return Err(self.fenced(&why)),
+            }
+        }
+    }
+
+    /// Exactly-once: the open transaction cannot commit. Aborts it (read_committed
+    /// consumers never see its messages), checkpoints the last committed position and
+    /// stops: the daemon replays the records after it into a fresh transaction. Chosen
+    /// over producing the span again in this child, which would mean keeping a copy of
+    /// every record until its commit.
+    fn abort_span<R: Read, W: Write>(
+        &mut self,
+        channel: &mut Channel<R, W>,
+        why: &str,
+    ) -> Result<(), Fatal> {
+        let records = self.eos.as_ref().map_or(0, ExactlyOnce::span_records);
+        self.abort_quietly();
+        if self.sink.fatal_error().is_none() {
+            self.maybe_checkpoint(channel, true)?;
+        }
+        Err(Fatal::Delivery(format!(
+            "the Kafka transaction of shard {} ({records} records) was aborted: {why}; read_committed consumers see none of it. The last committed position is {} (checkpointed); exiting so that the daemon replays the records after it",
+            self.shard_id,
+            self.eos
+                .as_ref()
+                .and_then(ExactlyOnce::committed)
+                .map_or("none".to_owned(), |p| p.to_string())
+        )))
+    }
+
+    /// Aborts the open transaction, if any, logging (not returning) a failure: whoever
+    /// initializes the shard's transactional id next aborts it anyway.
+    fn abort_quietly(&mut self) {
+        if self.sink.in_transaction() {
+            if let Err(e) = self.sink.abort(self.config.flush_timeout()) {
+                warn!("{e}; the shard's next producer ends the transaction instead");
+            }
+        }
+        if let Some(eos) = &mut self.eos {
+            eos.aborted_span();
+        }
+    }
+
+    /// At a clean exit: one bounded attempt to commit the open span.
+    fn commit_at_exit(&mut self) {
+        let Some(eos) = &self.eos else {
+            return;
+        };
+        let value = eos
+            .span_position()
+            .map(|p| positions::encode(&self.shard_id, p));
+        let key = eos.transactional_id.clone();
+        match self
+            .sink
+            .commit(&key, value.as_deref(), self.config.flush_timeout())
+        {
+            Ok(()) => {
+                if let Some(eos) = &mut self.eos {
+                    eos.committed_span();
+                }
+            }
+            Err(e) => {
+                warn!("committing the last transaction at exit failed: {e}; aborting it, the next owner replays it");
+                self.abort_quietly();
+            }
+        }
+    }
+
+    /// The producer was fenced: the shard's next owner initialized the same transactional
+    /// id, so this child must neither commit nor checkpoint anything more.
+    fn fenced(&mut self, why: &str) -> Fatal {
+        self.lease_gone = true;
+        Fatal::Delivery(format!(
+            "the transactional producer of shard {} can do nothing more ({why}): most likely another worker took the shard and fenced this one; exiting without a checkpoint",
+            self.shard_id
+        ))
+    }
+
+    /// At exit: give in-flight records a bounded time, then report. Exactly-once: the open
+    /// transaction is committed when `clean` (stdin closed between messages), else aborted
+    /// (the child stops on a failure); either way the next owner resumes right after
+    /// what is committed.
+    pub fn finish(&mut self, clean: bool) {
+        if self.eos.as_ref().is_some_and(|eos| !eos.is_empty()) {
+            if clean && !self.lease_gone && self.sink.fatal_error().is_none() {
+                self.commit_at_exit();
+            } else {
+                self.abort_quietly();
+            }
+        }
         self.sink.flush(self.config.flush_timeout());
         let state = self.frontier.state();
         if state.in_flight_records > 0 {
@@ -539,7 +797,7 @@ impl Replicator {
         let m = &self.metrics;
         let millis_behind_latest = m.millis_behind_latest.load(Ordering::Relaxed);
         info!(
-            "records={} bytes={} in_flight={} acknowledged={} dropped={} skipped={} dead_lettered={} produced_again={} copies={} last_checkpoint={} millisBehindLatest={}",
+            "records={} bytes={} in_flight={} acknowledged={} dropped={} skipped={} dead_lettered={} produced_again={} copies={}{} last_checkpoint={} millisBehindLatest={}",
             m.records_received.load(Ordering::Relaxed),
             m.bytes_received.load(Ordering::Relaxed),
             state.in_flight_records,
@@ -549,6 +807,14 @@ impl Replicator {
             self.sink.dead_lettered(),
             produced_again,
             copies,
+            match &self.eos {
+                Some(eos) => format!(
+                    " committed={} already_in_kafka={}",
+                    eos.committed().map_or("none".to_owned(), |p| p.to_string()),
+                    self.already_in_kafka
+                ),
+                None => String::new(),
+            },
             if self.shard_end_checkpointed {
                 "SHARD_END".to_owned()
             } else {
@@ -601,7 +867,8 @@ impl Handler for Replicator {
                     shard_id.as_deref(),
                     sequence_number.as_deref(),
                     sub_sequence_number,
-                );
+                    channel,
+                )?;
                 channel.status("initialize")
             }
             // The session hands batches over through begin_batch, record, end_batch.

@@ -50,11 +50,15 @@ impl Config {
             // By default the Java client's hashing: a key lands in the same partition as it
             // would from a Java producer.
             ("partitioner".into(), self.partitioner()),
-            // 0 = never give up on a message: a broker outage of any length is ridden out
-            // with backpressure instead of failing records after librdkafka's 300 s default.
-            ("message.timeout.ms".into(), "0".into()),
             ("linger.ms".into(), "5".into()),
         ];
+        if !self.exactly_once() {
+            // 0 = never give up on a message: a broker outage of any length is ridden out
+            // with backpressure instead of failing records after librdkafka's 300 s default.
+            // A transactional producer gives up at transaction.timeout.ms instead (librdkafka
+            // refuses more): the span is aborted and produced again in order.
+            props.push(("message.timeout.ms".into(), "0".into()));
+        }
         let protocol = self.security_protocol();
         if protocol != "PLAINTEXT" {
             props.push(("security.protocol".into(), protocol.to_ascii_lowercase()));

@@ -24,10 +24,11 @@ use anyhow::{anyhow, Result};
 
 pub use expand::expand;
 pub use schema::{
-    CheckpointConfig, CloudWatchLogsConfig, Config, DeadLetterConfig, Decompress, Envelope,
-    FilterAction, FilterConfig, KafkaConfig, KeyConfig, KeySource, LogConfig, LogEventKey,
-    OnInvalid, PartitionConfig, PartitionStrategy, PipelineConfig, ProcessingConfig, RecordsConfig,
-    ShutdownConfig, TimestampSource, TopicRouting, TopicSource, ValidationConfig,
+    CheckpointConfig, CloudWatchLogsConfig, Config, DeadLetterConfig, Decompress, DeliveryConfig,
+    DeliveryGuarantee, Envelope, FilterAction, FilterConfig, KafkaConfig, KeyConfig, KeySource,
+    LogConfig, LogEventKey, OnInvalid, PartitionConfig, PartitionStrategy, PipelineConfig,
+    ProcessingConfig, RecordsConfig, ShutdownConfig, TimestampSource, TopicRouting, TopicSource,
+    ValidationConfig,
 };
 
 /// Where the configuration is read from when neither `--config` nor `$REPLICATOR_CONFIG`

@@ -29,6 +29,8 @@ pub struct Config {
     pub processing: ProcessingConfig,
     #[serde(default)]
     pub dead_letter: DeadLetterConfig,
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -376,6 +378,74 @@ pub struct DeadLetterConfig {
     pub topic: String,
 }
 
+/// What a read_committed consumer of the topic may see of a Kinesis record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryGuarantee {
+    /// Every record at least once: after a crash or a lease move, the records after the
+    /// last checkpoint are written again.
+    #[default]
+    AtLeastOnce,
+    /// Every record exactly once for read_committed consumers: one Kafka transaction per
+    /// span of records, committed with the shard's position ([`crate::exactly_once`]).
+    ExactlyOnce,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    #[serde(default, deserialize_with = "lenient_enum")]
+    pub guarantee: DeliveryGuarantee,
+    /// The KCL application name: the default transactional id prefix and positions topic
+    /// derive from it, so that two applications reading the same stream never fence
+    /// each other.
+    #[serde(default)]
+    pub application_name: String,
+    /// Empty: `<application_name>-`. The shard id follows it.
+    #[serde(default)]
+    pub transactional_id_prefix: String,
+    /// Empty: `<application_name>.positions`.
+    #[serde(default)]
+    pub positions_topic: String,
+    /// A transaction ends after this many records...
+    #[serde(default = "default_span_records", deserialize_with = "count_usize")]
+    pub transaction_max_records: usize,
+    /// ...or this many payload bytes...
+    #[serde(default = "default_span_bytes", deserialize_with = "count_usize")]
+    pub transaction_max_bytes: usize,
+    /// ...or this long after its first record, whichever comes first. A batch that ends
+    /// with the shard caught up commits at once.
+    #[serde(default = "one", deserialize_with = "seconds")]
+    pub transaction_max_seconds: f64,
+}
+
+// A commit waits for every message of the span to be acknowledged: spans well above the
+// in-flight window keep that drain rare on a backlog (docs/benchmark.md).
+fn default_span_records() -> usize {
+    100_000
+}
+
+fn default_span_bytes() -> usize {
+    32 << 20
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            guarantee: DeliveryGuarantee::default(),
+            application_name: String::new(),
+            transactional_id_prefix: String::new(),
+            positions_topic: String::new(),
+            transaction_max_records: default_span_records(),
+            transaction_max_bytes: default_span_bytes(),
+            transaction_max_seconds: one(),
+        }
+    }
+}
+
+fn one() -> f64 {
+    1.0
+}
 fn thirty() -> f64 {
     30.0
 }
@@ -411,6 +481,34 @@ impl Config {
 
     pub fn flush_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.shutdown.flush_timeout_seconds)
+    }
+
+    pub fn exactly_once(&self) -> bool {
+        self.delivery.guarantee == DeliveryGuarantee::ExactlyOnce
+    }
+
+    /// The transactional id of a shard's producer (exactly-once).
+    pub fn transactional_id(&self, shard_id: &str) -> String {
+        let prefix = self.delivery.transactional_id_prefix.trim();
+        if prefix.is_empty() {
+            format!("{}-{shard_id}", self.delivery.application_name.trim())
+        } else {
+            format!("{prefix}{shard_id}")
+        }
+    }
+
+    /// The compacted topic that holds each shard's last committed position (exactly-once).
+    pub fn positions_topic(&self) -> String {
+        let topic = self.delivery.positions_topic.trim();
+        if topic.is_empty() {
+            format!("{}.positions", self.delivery.application_name.trim())
+        } else {
+            topic.to_owned()
+        }
+    }
+
+    pub fn transaction_max_age(&self) -> Duration {
+        Duration::from_secs_f64(self.delivery.transaction_max_seconds)
     }
 
     pub fn summary_interval(&self) -> Option<Duration> {

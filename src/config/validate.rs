@@ -80,7 +80,9 @@ impl Config {
         }
         for (key, value) in &k.properties {
             let finite = value.trim().parse::<u64>().map_or(true, |ms| ms > 0);
-            if DELIVERY_TIMEOUTS.contains(&key.as_str()) && finite {
+            // In a transaction, a message librdkafka gives up on aborts the whole span, which
+            // is produced again from the last committed position: order holds.
+            if DELIVERY_TIMEOUTS.contains(&key.as_str()) && finite && !self.exactly_once() {
                 bail!(
                     "kafka.properties {key} = {value} is refused: a finite delivery timeout makes librdkafka give up on messages while Kafka is unreachable, and producing them again would put them behind later records of their key; remove it (the replicator never gives up on a message and holds the shard until Kafka is back)"
                 );
@@ -94,7 +96,42 @@ impl Config {
         if self.pipeline.max_in_flight_records == 0 || self.pipeline.max_in_flight_bytes == 0 {
             bail!("pipeline.max_in_flight_records and pipeline.max_in_flight_bytes must be at least 1");
         }
+        self.validate_delivery()?;
         self.validate_processing()
+    }
+
+    fn validate_delivery(&self) -> Result<()> {
+        if !self.exactly_once() {
+            return Ok(());
+        }
+        let d = &self.delivery;
+        if d.application_name.trim().is_empty()
+            && (d.transactional_id_prefix.trim().is_empty() || d.positions_topic.trim().is_empty())
+        {
+            bail!("DELIVERY_GUARANTEE=exactly_once names each shard's transactional id and the positions topic after the KCL application; set KCL_APPLICATION_NAME (or both KAFKA_TRANSACTIONAL_ID_PREFIX and KAFKA_POSITIONS_TOPIC)");
+        }
+        if d.transaction_max_records == 0 || d.transaction_max_bytes == 0 {
+            bail!("delivery.transaction_max_records and delivery.transaction_max_bytes must be at least 1; check TRANSACTION_MAX_RECORDS and TRANSACTION_MAX_BYTES");
+        }
+        let timeout_ms = self
+            .kafka
+            .properties
+            .get("transaction.timeout.ms")
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(60_000.0);
+        if d.transaction_max_seconds <= 0.0 || d.transaction_max_seconds * 1000.0 * 2.0 > timeout_ms
+        {
+            bail!(
+                "delivery.transaction_max_seconds is {} but must be above 0 and at most half of transaction.timeout.ms ({} ms): the broker aborts a transaction older than that; set TRANSACTION_MAX_SECONDS lower",
+                d.transaction_max_seconds, timeout_ms
+            );
+        }
+        if self.positions_topic() == self.kafka.topic.trim()
+            || self.dead_letter_topic() == Some(self.positions_topic().as_str())
+        {
+            bail!("the positions topic {} is also the target or dead-letter topic; set KAFKA_POSITIONS_TOPIC to a topic of its own", self.positions_topic());
+        }
+        Ok(())
     }
 
     fn validate_processing(&self) -> Result<()> {
