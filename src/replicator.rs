@@ -764,8 +764,10 @@ impl Replicator {
     /// (the child stops on a failure); either way the next owner resumes right after
     /// what is committed.
     pub fn finish(&mut self, clean: bool) {
-        if self.eos.as_ref().is_some_and(|eos| !eos.is_empty()) {
-            if clean && !self.lease_gone && self.sink.fatal_error().is_none() {
+        // A fenced producer can do neither (its transaction is the next owner's to end).
+        if self.eos.as_ref().is_some_and(|eos| !eos.is_empty()) && self.sink.fatal_error().is_none()
+        {
+            if clean && !self.lease_gone {
                 self.commit_at_exit();
             } else {
                 self.abort_quietly();
