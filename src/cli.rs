@@ -174,6 +174,20 @@ fn check_config(path: Option<PathBuf>) -> i32 {
             }
         }
     }
+    if config.exactly_once() {
+        // Created here, once, rather than by every shard's child at its start.
+        match crate::positions::ensure_topic(&config, CHECK_TIMEOUT, true) {
+            Ok(()) => log::info!(
+                "exactly-once: positions topic {} is ready; transactional ids {}",
+                config.positions_topic(),
+                config.transactional_id("<shard id>")
+            ),
+            Err(e) => {
+                log::error!("{e:#}");
+                return EXIT_FAILURE;
+            }
+        }
+    }
     log::info!("configuration OK");
     EXIT_OK
 }

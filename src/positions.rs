@@ -105,9 +105,10 @@ fn block_on<F: Future>(future: F) -> F::Output {
     }
 }
 
-/// Makes sure the positions topic exists and is compacted: creates it (compacted, one
-/// partition) when it is missing and the broker allows it. Errors say what to do.
-pub fn ensure_topic(config: &Config, timeout: Duration) -> Result<()> {
+/// Makes sure the positions topic exists: creates it (compacted, one partition) when it is
+/// missing and the broker allows it. With `check_policy` (`--check-config`), also refuses
+/// an existing topic that is not compacted. Errors say what to do.
+pub fn ensure_topic(config: &Config, timeout: Duration, check_policy: bool) -> Result<()> {
     let topic = config.positions_topic();
     let admin: AdminClient<CheckContext> = client_config(config)
         .create_with_context(CheckContext::for_config(config)?)
@@ -142,6 +143,9 @@ pub fn ensure_topic(config: &Config, timeout: Duration) -> Result<()> {
                 ),
             }
         }
+        return Ok(());
+    }
+    if !check_policy {
         return Ok(());
     }
     let described = block_on(admin.describe_configs([&ResourceSpecifier::Topic(&topic)], &options));

@@ -172,7 +172,7 @@ impl Replicator {
             }
         }
         let left = EXACTLY_ONCE_START_TIMEOUT.saturating_sub(started.elapsed());
-        let position = positions::ensure_topic(&self.config, left.min(Duration::from_secs(30)))
+        let position = positions::ensure_topic(&self.config, left.min(Duration::from_secs(30)), false)
             .and_then(|()| positions::read(&self.config, &eos.transactional_id, left))
             .map_err(|e| {
                 Fatal::Delivery(format!(

@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from datetime import datetime
 
+import pytest
 from conftest import assert_complete, wait_until
 from kkrlocal.records import checkpoint_gaps, count_topic, read_topic, reckon
 
@@ -127,7 +128,10 @@ def adjacent_pair(open_shards: list[dict], prefer: set[str]) -> tuple[str, str]:
     return (mixed or pairs)[0]
 
 
-def test_split_then_merge_mid_stream_loses_nothing_and_keeps_per_key_order(scenario):
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_split_then_merge_mid_stream_loses_nothing_and_keeps_per_key_order(scenario, guarantee):
+    # Exactly-once: each parent commits its last transaction before SHARD_END, its
+    # children start from their own positions, and a read_committed consumer checks it all.
     # Polling, not fan-out: kinesis-local 0.6.2 never ends a fan-out subscription to a closed
     # shard. Its SubscribeToShard sends an event every second with ChildShards null and a
     # ContinuationSequenceNumber that is never null (its type is not even optional), while
@@ -142,7 +146,8 @@ def test_split_then_merge_mid_stream_loses_nothing_and_keeps_per_key_order(scena
     # 32 keys: each of the quarter-range shards a split makes receives records for sure.
     writer = scenario.writer(rate=200, keys=32).start()
     sampler = LeaseSampler(stack.moto, scenario.application).start()
-    replicator = scenario.replicator(retrieval=mode)
+    replicator = scenario.replicator(retrieval=mode, env={"DELIVERY_GUARANTEE": guarantee})
+    read_conf = {"isolation.level": "read_committed"} if guarantee == "exactly_once" else None
     try:
         stack.wait_for_leases(scenario.application, shards=2, timeout=180)
         # Replicating for real before the split: records from the original shards in Kafka.
@@ -177,7 +182,7 @@ def test_split_then_merge_mid_stream_loses_nothing_and_keeps_per_key_order(scena
         writer.stop()
         assert not writer.errors, writer.errors
 
-        messages = read_topic(stack.kafka.bootstrap, scenario.topic, until_count=writer.count, timeout=180)
+        messages = read_topic(stack.kafka.bootstrap, scenario.topic, until_count=writer.count, timeout=180, conf=read_conf)
         report = reckon(writer, messages)
         report.seconds = round(time.monotonic() - scenario.started, 1)
 
@@ -251,6 +256,7 @@ def test_split_then_merge_mid_stream_loses_nothing_and_keeps_per_key_order(scena
     scenario.record(
         report,
         retrieval=mode,
+        guarantee=guarantee,
         shards_at_start=2,
         split=f"{split_parent}->{sorted(split_children)}",
         merge=f"{list(merged_pair)}->{sorted(merge_child)}",
