@@ -113,9 +113,11 @@ pub fn ensure_topic(config: &Config, timeout: Duration, check_policy: bool) -> R
     let admin: AdminClient<CheckContext> = client_config(config)
         .create_with_context(CheckContext::for_config(config)?)
         .context("cannot create a Kafka admin client for the positions topic")?;
+    // All topics, not this one: a metadata request naming a missing topic makes brokers
+    // with auto.create.topics.enable (Apache Kafka's default) create it, not compacted.
     let metadata = admin
         .inner()
-        .fetch_metadata(Some(&topic), timeout)
+        .fetch_metadata(None, timeout)
         .map_err(|e| anyhow!("cannot read the metadata of the positions topic {topic}: {e}"))?;
     let brokers = metadata.brokers().len().max(1);
     let exists = metadata

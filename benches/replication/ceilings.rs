@@ -46,7 +46,7 @@ pub fn run_raw(
     };
     let attempt = (|| -> Result<()> {
         // The replicator's own config, so that the producer properties are the same.
-        let config = ctx.replicator_config(broker, false)?;
+        let config = ctx.replicator_config(broker, Kind::Rust)?;
         let log_path = ctx
             .logs
             .join(format!("raw-producer-{}-{size}.log", broker.kind.name()));

@@ -32,12 +32,9 @@ impl Context {
         format!("bench-{}-{}", std::process::id(), self.run_counter)
     }
 
-    pub fn replicator_config(
-        &self,
-        broker: &BrokerInstance,
-        wait_for_ack: bool,
-    ) -> Result<PathBuf> {
-        let config = json!({
+    pub fn replicator_config(&self, broker: &BrokerInstance, kind: Kind) -> Result<PathBuf> {
+        let wait_for_ack = kind == Kind::RustSync;
+        let mut config = json!({
             "kafka": {
                 "bootstrap_servers": broker.bootstrap,
                 "topic": broker.topic,
@@ -52,11 +49,16 @@ impl Context {
             },
             "log": { "summary_interval_seconds": 0 }
         });
-        let path = self.logs.join(format!(
-            "replicator-{}-{}.json",
-            broker.kind.name(),
-            if wait_for_ack { "sync" } else { "pipelined" }
-        ));
+        if kind == Kind::RustEos {
+            // Its own application per run: a fresh transactional id and positions topic.
+            config["delivery"] = json!({
+                "guarantee": "exactly_once",
+                "application_name": format!("app-{}", broker.topic),
+            });
+        }
+        let path = self
+            .logs
+            .join(format!("replicator-{}-{}.json", broker.kind.name(), kind.name()));
         fs::write(&path, serde_json::to_string_pretty(&config)?)?;
         Ok(path)
     }
@@ -145,9 +147,9 @@ pub fn drive_inner(
     );
     let log_path = ctx.logs.join(&log_name);
     let mut command = match kind {
-        Kind::Rust | Kind::RustSync => {
+        Kind::Rust | Kind::RustSync | Kind::RustEos => {
             let broker = broker.ok_or_else(|| anyhow!("no broker"))?;
-            let config = ctx.replicator_config(broker, kind == Kind::RustSync)?;
+            let config = ctx.replicator_config(broker, kind)?;
             let mut c = clean_command(&ctx.replicator);
             let level = std::env::var("BENCH_CHILD_LOG_LEVEL").unwrap_or_else(|_| "INFO".into());
             c.arg("--config").arg(config).env("KCL_LOG_LEVEL", level);

@@ -84,15 +84,15 @@ pub struct FleetResult {
 }
 
 /// The broker: `python -m kkrlocal.kafka --serve DIR --topic ...`, stopped by closing its stdin.
-struct KafkaServer {
+pub struct KafkaServer {
     child: Child,
     stdin: Option<ChildStdin>,
-    bootstrap: String,
-    jvm_pid: Option<u32>,
+    pub bootstrap: String,
+    pub jvm_pid: Option<u32>,
 }
 
 impl KafkaServer {
-    fn start(dir: &Path, topics: &[(String, i32)], log: &Path) -> Result<KafkaServer> {
+    pub fn start(dir: &Path, topics: &[(String, i32)], log: &Path) -> Result<KafkaServer> {
         let python = std::env::var("BENCH_KAFKA_PYTHON").unwrap_or_else(|_| {
             let venv = std::env::var("HOME")
                 .map(|h| PathBuf::from(h).join(".cache/kinesis-kafka-replicator/venv/bin/python"));
@@ -147,7 +147,7 @@ impl KafkaServer {
         })
     }
 
-    fn stop(mut self) {
+    pub fn stop(mut self) {
         drop(self.stdin.take());
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {

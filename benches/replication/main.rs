@@ -25,7 +25,8 @@
 //! The rooms: [`options`] (the command line), [`workload`] (records and lines), [`broker`] (a fresh
 //! broker per run, and the read-back), [`driver`] (one child under the double, measured with
 //! [`accounting`]), [`ceilings`] (the raw producer and the status-only child), [`results`],
-//! [`targets`], [`report`] and [`chart`]. This file runs the configurations in turn.
+//! [`targets`], [`report`] and [`chart`]; [`fleet`] and [`guarantees`] are the other two modes.
+//! This file runs the configurations in turn.
 
 // The daemon double and the broker are the tests' own (tests/support/): one place that speaks the
 // protocol the way the Java daemon does, and one that starts and stops a broker.
@@ -38,6 +39,7 @@ mod ceilings;
 mod chart;
 mod driver;
 mod fleet;
+mod guarantees;
 mod options;
 mod report;
 mod results;
@@ -117,6 +119,15 @@ pub fn bench() -> Result<()> {
     let commit = git_description();
     if ctx_fleet(&options) {
         return run_fleet_mode(options, logs, replicator, &out_dir, &machine, &commit);
+    }
+    if options.guarantees {
+        let mut ctx = Context {
+            options,
+            logs,
+            replicator,
+            run_counter: 0,
+        };
+        return guarantees::run(&mut ctx, &out_dir, &machine, &commit);
     }
     println!("# kinesis-kafka-replicator replication benchmark");
     println!("machine: {machine}");

@@ -19,6 +19,8 @@ pub enum Kind {
     Rust,
     /// The replicator with `pipeline.wait_for_ack`: answers once the batch is acknowledged.
     RustSync,
+    /// The replicator with `DELIVERY_GUARANTEE=exactly_once` (`--guarantees`).
+    RustEos,
     Python,
     /// Ceiling: a plain rdkafka producer sending the same messages.
     Raw,
@@ -39,6 +41,7 @@ impl Kind {
         match self {
             Kind::Rust => "rust",
             Kind::RustSync => "rust-sync",
+            Kind::RustEos => "rust-eos",
             Kind::Python => "python",
             Kind::Raw => "raw-producer",
             Kind::Status => "status-only",
@@ -49,6 +52,7 @@ impl Kind {
         match self {
             Kind::Rust => "Rust, pipelined",
             Kind::RustSync => "Rust, wait_for_ack",
+            Kind::RustEos => "Rust, exactly-once",
             Kind::Python => "Python (kclpy)",
             Kind::Raw => "raw producer (ceiling)",
             Kind::Status => "double, status-only child (ceiling)",
@@ -59,6 +63,7 @@ impl Kind {
         match s {
             "rust" | "pipelined" => Some(Kind::Rust),
             "rust-sync" | "sync" | "wait_for_ack" => Some(Kind::RustSync),
+            "rust-eos" | "eos" | "exactly_once" => Some(Kind::RustEos),
             "python" | "py" => Some(Kind::Python),
             "raw" | "raw-producer" => Some(Kind::Raw),
             "status" | "status-only" | "double" => Some(Kind::Status),
@@ -89,6 +94,8 @@ pub struct Options {
     pub extra_properties: BTreeMap<String, String>,
     /// The fleet figure instead of the backlog runs (`--fleet`).
     pub fleet: Option<FleetOptions>,
+    /// At-least-once beside exactly-once on Apache Kafka instead (`--guarantees`).
+    pub guarantees: bool,
 }
 
 pub const HELP: &str = "\
@@ -112,6 +119,9 @@ OPTIONS (lists are comma-separated):
     --fleet [LIST]       the fleet figure instead of the backlog runs: LIST children at once
                          (default 8,32,64) against Apache Kafka (scripts/local/kkrlocal), each
                          fed one processRecords line a second, busy and idle; Rust and Python
+    --guarantees         at-least-once beside exactly-once instead of the backlog runs: 1 KB
+                         records, batches of 10,000 (or --batch), against Apache Kafka
+                         (scripts/local/kkrlocal), alternating, --target-repeat times each
     --fleet-seconds N    measured seconds per configuration (default 30)
     --fleet-warmup N     seconds before the window opens (default 5)
     --fleet-rate BYTES   bytes per second per busy child (default 1000000)
@@ -172,6 +182,7 @@ pub fn parse_options() -> Result<Option<Options>> {
         run_timeout: Duration::from_secs(300),
         extra_properties: BTreeMap::new(),
         fleet: None,
+        guarantees: false,
     };
     let mut fleet_sizes: Option<Vec<usize>> = None;
     let mut fleet_seconds = 30;
@@ -202,6 +213,7 @@ pub fn parse_options() -> Result<Option<Options>> {
                 return Ok(None);
             }
             "--quick" => o.quick = true,
+            "--guarantees" => o.guarantees = true,
             "--publish" => o.publish = true,
             "--no-python" => no_python = true,
             "--broker" | "--brokers" => {

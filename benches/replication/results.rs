@@ -142,6 +142,7 @@ pub fn result_from_json(v: &Value) -> RunResult {
         broker: match v["broker"].as_str() {
             Some("tansu") => Some(Broker::Tansu),
             Some("mock") => Some(Broker::Mock),
+            Some("kafka") => Some(Broker::Kafka),
             _ => None,
         },
         kind: v["child"].as_str().and_then(Kind::parse),

@@ -32,6 +32,8 @@ pub enum BrokerKind {
     Tansu,
     /// librdkafka's mock cluster (one broker), inside this process.
     Mock,
+    /// Apache Kafka started by the caller (the benchmark's `kkrlocal.kafka` server).
+    Kafka,
 }
 
 impl BrokerKind {
@@ -39,6 +41,7 @@ impl BrokerKind {
         match self {
             BrokerKind::Tansu => "tansu",
             BrokerKind::Mock => "mock",
+            BrokerKind::Kafka => "kafka",
         }
     }
 }
@@ -66,6 +69,8 @@ pub struct Broker {
     pub partitions: i32,
     tansu: Option<Child>,
     _mock: Option<Cluster>,
+    /// The JVM of a broker started by the caller, for its CPU time.
+    external_pid: Option<u32>,
 }
 
 impl Broker {
@@ -82,17 +87,32 @@ impl Broker {
                     partitions,
                     tansu: None,
                     _mock: Some(cluster),
+                    external_pid: None,
                 }
             }
             BrokerKind::Tansu => start_tansu(topic, partitions, logs)?,
+            BrokerKind::Kafka => bail!("Apache Kafka is started by the caller: Broker::external"),
         };
         broker.wait_for_topic()?;
         Ok(broker)
     }
 
-    /// tansu's pid (the mock cluster runs inside this process).
+    /// A topic on Apache Kafka that the caller started (and stops), whose JVM is `pid`.
+    pub fn external(bootstrap: &str, topic: &str, partitions: i32, pid: Option<u32>) -> Broker {
+        Broker {
+            kind: BrokerKind::Kafka,
+            bootstrap: bootstrap.to_owned(),
+            topic: topic.to_owned(),
+            partitions,
+            tansu: None,
+            _mock: None,
+            external_pid: pid,
+        }
+    }
+
+    /// The broker's pid (the mock cluster runs inside this process).
     pub fn pid(&self) -> Option<u32> {
-        self.tansu.as_ref().map(Child::id)
+        self.tansu.as_ref().map(Child::id).or(self.external_pid)
     }
 
     fn wait_for_topic(&self) -> Result<()> {
@@ -170,6 +190,7 @@ fn start_tansu(topic: &str, partitions: i32, logs: &Path) -> Result<Broker> {
         partitions,
         tansu: Some(child),
         _mock: None,
+        external_pid: None,
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
