@@ -7,6 +7,8 @@
 #   scripts/bench.sh --fleet          the fleet figure instead: 8, 32 and 64 children at once
 #                                     against Apache Kafka (kkrlocal.kafka), busy and idle, Rust
 #                                     and Python (about 9 minutes); --fleet 8,32 --fleet-seconds 60
+#   scripts/bench.sh --guarantees     at-least-once beside exactly-once against Apache Kafka
+#                                     (1 KB records, batches of 10,000; about 3 minutes)
 #   scripts/bench.sh --help           every filter and option
 #
 # What this script adds around `cargo bench --bench replication`:

@@ -113,6 +113,11 @@ pub struct Metrics {
     pub messages_dead_lettered: AtomicU64,
     pub messages_produced_again: AtomicU64,
     pub messages_copied: AtomicU64,
+    /// Exactly-once: transactions committed and aborted, and records skipped at the start
+    /// because an earlier owner of the shard had committed them.
+    pub transactions_committed: AtomicU64,
+    pub transactions_aborted: AtomicU64,
+    pub records_already_in_kafka: AtomicU64,
     pub checkpoint_attempts: AtomicU64,
     pub checkpoints: AtomicU64,
     /// Milliseconds since the epoch of the last confirmed checkpoint (0: none).
@@ -159,6 +164,12 @@ pub struct Snapshot {
     pub messages_dead_lettered: u64,
     pub messages_produced_again: u64,
     pub messages_copied: u64,
+    #[serde(default)]
+    pub transactions_committed: u64,
+    #[serde(default)]
+    pub transactions_aborted: u64,
+    #[serde(default)]
+    pub records_already_in_kafka: u64,
     pub checkpoint_attempts: u64,
     pub checkpoints: u64,
     pub checkpoint_failures: BTreeMap<String, u64>,
@@ -279,6 +290,9 @@ impl Metrics {
             messages_dead_lettered: get(&self.messages_dead_lettered),
             messages_produced_again: get(&self.messages_produced_again),
             messages_copied: get(&self.messages_copied),
+            transactions_committed: get(&self.transactions_committed),
+            transactions_aborted: get(&self.transactions_aborted),
+            records_already_in_kafka: get(&self.records_already_in_kafka),
             checkpoint_attempts: get(&self.checkpoint_attempts),
             checkpoints: get(&self.checkpoints),
             checkpoint_failures: l.checkpoint_failures.clone(),

@@ -470,6 +470,27 @@ pub fn points(snapshots: &[(Snapshot, f64)], daemon_alive: bool) -> Vec<Point> {
             C(s.records_dropped),
         );
         push(
+            "kkr_transactions_committed",
+            "Exactly-once: Kafka transactions committed",
+            None,
+            &base,
+            C(s.transactions_committed),
+        );
+        push(
+            "kkr_transactions_aborted",
+            "Exactly-once: Kafka transactions aborted (the child then exits for the daemon to replay)",
+            None,
+            &base,
+            C(s.transactions_aborted),
+        );
+        push(
+            "kkr_records_already_in_kafka",
+            "Exactly-once: records skipped at the start because an earlier owner of the shard committed them",
+            None,
+            &base,
+            C(s.records_already_in_kafka),
+        );
+        push(
             "kkr_records_skipped",
             "Invalid records skipped (on_invalid: skip)",
             None,

@@ -187,8 +187,9 @@ pub fn read(
     client
         .set("isolation.level", "read_committed")
         .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("group.id", format!("{transactional_id}.positions-reader"));
+        // No group.id: partitions are assigned by hand and nothing is committed, so no
+        // group coordinator (nor its ACLs) is involved.
+        .set("enable.partition.eof", "true");
     let consumer: BaseConsumer<CheckContext> = client
         .create_with_context(CheckContext::for_config(config)?)
         .context("cannot create a Kafka consumer to read the positions topic")?;

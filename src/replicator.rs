@@ -74,8 +74,6 @@ pub struct Replicator {
     last_summary: Instant,
     /// Exactly-once: the shard's transactions (set at initialize).
     eos: Option<ExactlyOnce>,
-    /// Exactly-once: records skipped because an earlier owner committed them.
-    already_in_kafka: u64,
 }
 
 impl Replicator {
@@ -104,7 +102,6 @@ impl Replicator {
             batch_started: now,
             last_summary: now,
             eos: None,
-            already_in_kafka: 0,
         }
     }
 
@@ -315,8 +312,11 @@ impl Replicator {
         let position = sequence_number.map(|s| Position::new(s, sub_sequence_number));
         if let Some(eos) = &mut self.eos {
             if eos.already_committed(position.as_ref()) {
-                self.already_in_kafka += 1;
-                if self.already_in_kafka == 1 {
+                let skipped = self
+                    .metrics
+                    .records_already_in_kafka
+                    .fetch_add(1, Ordering::Relaxed);
+                if skipped == 0 {
                     info!("skipping records up to the committed position: an earlier owner of the shard committed them");
                 }
                 self.frontier.track(position, 0, 0);
@@ -658,6 +658,9 @@ impl Replicator {
                     if let Some(eos) = &mut self.eos {
                         eos.committed_span();
                     }
+                    self.metrics
+                        .transactions_committed
+                        .fetch_add(1, Ordering::Relaxed);
                     return Ok(());
                 }
                 Err(TxnError::Retry(why)) => {
@@ -715,6 +718,9 @@ impl Replicator {
     /// initializes the shard's transactional id next aborts it anyway.
     fn abort_quietly(&mut self) {
         if self.sink.in_transaction() {
+            self.metrics
+                .transactions_aborted
+                .fetch_add(1, Ordering::Relaxed);
             if let Err(e) = self.sink.abort(self.config.flush_timeout()) {
                 warn!("{e}; the shard's next producer ends the transaction instead");
             }
@@ -741,6 +747,9 @@ impl Replicator {
                 if let Some(eos) = &mut self.eos {
                     eos.committed_span();
                 }
+                self.metrics
+                    .transactions_committed
+                    .fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
                 warn!("committing the last transaction at exit failed: {e}; aborting it, the next owner replays it");
@@ -813,7 +822,7 @@ impl Replicator {
                 Some(eos) => format!(
                     " committed={} already_in_kafka={}",
                     eos.committed().map_or("none".to_owned(), |p| p.to_string()),
-                    self.already_in_kafka
+                    m.records_already_in_kafka.load(Ordering::Relaxed)
                 ),
                 None => String::new(),
             },

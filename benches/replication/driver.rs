@@ -56,9 +56,11 @@ impl Context {
                 "application_name": format!("app-{}", broker.topic),
             });
         }
-        let path = self
-            .logs
-            .join(format!("replicator-{}-{}.json", broker.kind.name(), kind.name()));
+        let path = self.logs.join(format!(
+            "replicator-{}-{}.json",
+            broker.kind.name(),
+            kind.name()
+        ));
         fs::write(&path, serde_json::to_string_pretty(&config)?)?;
         Ok(path)
     }

@@ -29,18 +29,16 @@ pub fn run(ctx: &mut Context, out_dir: &Path, machine: &str, commit: &str) -> Re
     let partitions = ctx.options.partitions;
     let records = ctx.options.records;
     let batch = effective_batch(
-        ctx.options
-            .batches
-            .iter()
-            .copied()
-            .max()
-            .unwrap_or(10_000),
+        ctx.options.batches.iter().copied().max().unwrap_or(10_000),
         SIZE,
     );
     let runs: Vec<(usize, Kind, String)> = (0..repeat)
         .flat_map(|i| KINDS.map(|kind| (i, kind, format!("guarantees-{}-{i}", kind.name()))))
         .collect();
-    let topics: Vec<(String, i32)> = runs.iter().map(|(_, _, t)| (t.clone(), partitions)).collect();
+    let topics: Vec<(String, i32)> = runs
+        .iter()
+        .map(|(_, _, t)| (t.clone(), partitions))
+        .collect();
     let dir = Path::new(MANIFEST_DIR).join("target/bench/guarantees-kafka");
     let server = KafkaServer::start(&dir, &topics, &ctx.logs.join("guarantees-kafka.log"))?;
     println!("# kinesis-kafka-replicator: at-least-once beside exactly-once");
@@ -64,7 +62,14 @@ pub fn run(ctx: &mut Context, out_dir: &Path, machine: &str, commit: &str) -> Re
     server.stop();
     let medians: Vec<RunResult> = KINDS
         .iter()
-        .map(|kind| median_run(all.iter().filter(|r| r.kind == Some(*kind)).cloned().collect()))
+        .map(|kind| {
+            median_run(
+                all.iter()
+                    .filter(|r| r.kind == Some(*kind))
+                    .cloned()
+                    .collect(),
+            )
+        })
         .collect();
     println!();
     println!("medians (by records/s):");

@@ -422,11 +422,11 @@ pub struct DeliveryConfig {
 // A commit waits for every message of the span to be acknowledged: spans well above the
 // in-flight window keep that drain rare on a backlog (docs/benchmark.md).
 fn default_span_records() -> usize {
-    100_000
+    1_000_000
 }
 
 fn default_span_bytes() -> usize {
-    32 << 20
+    256 << 20
 }
 
 impl Default for DeliveryConfig {
