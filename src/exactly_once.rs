@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::checkpoint::Position;
 use crate::config::Config;
+use crate::positions::{self, Committed, DeadLettered};
 
 pub struct ExactlyOnce {
     pub transactional_id: String,
@@ -22,6 +23,10 @@ pub struct ExactlyOnce {
     /// The last position whose transaction committed (or the resume point): the only
     /// position the daemon is asked to checkpoint.
     committed: Option<Position>,
+    /// Messages after `committed` that are in the dead-letter topic already: the broker
+    /// refused them, and their transaction was aborted. The replay skips them; every
+    /// position record names them until the position passes them.
+    dead_lettered: DeadLettered,
     span: Span,
     max_records: usize,
     max_bytes: usize,
@@ -44,6 +49,7 @@ impl ExactlyOnce {
             transactional_id: config.transactional_id(shard_id),
             resume_after: None,
             committed: None,
+            dead_lettered: DeadLettered::new(),
             span: Span::default(),
             max_records: config.delivery.transaction_max_records,
             max_bytes: config.delivery.transaction_max_bytes,
@@ -53,18 +59,43 @@ impl ExactlyOnce {
 
     /// Where the shard resumes: the later of the positions topic's position and the
     /// daemon's checkpoint (which is later after a switch from at-least-once).
-    pub fn resume(
-        &mut self,
-        from_positions_topic: Option<Position>,
-        checkpoint: Option<&Position>,
-    ) {
-        let resume = match (from_positions_topic, checkpoint) {
+    pub fn resume(&mut self, from_positions_topic: Committed, checkpoint: Option<&Position>) {
+        let resume = match (from_positions_topic.position, checkpoint) {
             (Some(p), Some(c)) if *c > p => Some(c.clone()),
             (Some(p), _) => Some(p),
             (None, c) => c.cloned(),
         };
+        self.dead_lettered = from_positions_topic.dead_lettered;
+        if let Some(resume) = &resume {
+            self.dead_lettered.retain(|(p, _)| p > resume);
+        }
         self.resume_after = resume.clone();
         self.committed = resume;
+    }
+
+    /// Whether message `index` of the record at `position` is in the dead-letter topic
+    /// already (the replay after a transaction aborted for it).
+    pub fn dead_lettered(&self, position: Option<&Position>, index: usize) -> bool {
+        !self.dead_lettered.is_empty()
+            && position.is_some_and(|p| self.dead_lettered.contains(&(p.clone(), index)))
+    }
+
+    /// Whether any message is to be skipped as dead-lettered (a cheap check per record).
+    pub fn has_dead_letters(&self) -> bool {
+        !self.dead_lettered.is_empty()
+    }
+
+    /// The value of the position record the open span commits with.
+    pub fn position_value(&self, shard_id: &str) -> Vec<u8> {
+        positions::encode(shard_id, self.span_position(), &self.dead_lettered)
+    }
+
+    /// The value of a position record that keeps the committed position and adds
+    /// `more` dead-lettered messages: written with them, after an abort.
+    pub fn dead_letter_value(&self, shard_id: &str, more: &DeadLettered) -> Vec<u8> {
+        let mut all = self.dead_lettered.clone();
+        all.extend(more.iter().cloned());
+        positions::encode(shard_id, self.committed.as_ref(), &all)
     }
 
     /// Whether this record is in Kafka already, committed by an earlier owner of the shard.
@@ -117,6 +148,7 @@ impl ExactlyOnce {
     pub fn committed_span(&mut self) {
         if let Some(last) = self.span.last.take() {
             if self.committed.as_ref().is_none_or(|c| last > *c) {
+                self.dead_lettered.retain(|(p, _)| *p > last);
                 self.committed = Some(last);
             }
         }
@@ -151,6 +183,53 @@ mod tests {
         Position::new(s, 0)
     }
 
+    fn committed(position: Option<&str>) -> Committed {
+        Committed {
+            position: position.map(pos),
+            dead_lettered: DeadLettered::new(),
+        }
+    }
+
+    #[test]
+    fn dead_lettered_messages_are_skipped_on_replay_until_the_position_passes_them() {
+        let c = config("");
+        let mut eos = ExactlyOnce::new(&c, "s");
+        let stored = Committed {
+            position: Some(pos("10")),
+            dead_lettered: [(pos("5"), 0), (pos("12"), 1), (pos("15"), 0)]
+                .into_iter()
+                .collect(),
+        };
+        eos.resume(stored, None);
+        assert!(eos.has_dead_letters());
+        assert!(
+            !eos.dead_lettered(Some(&pos("5")), 0),
+            "at or before the position: gone"
+        );
+        assert!(eos.dead_lettered(Some(&pos("12")), 1));
+        assert!(
+            !eos.dead_lettered(Some(&pos("12")), 0),
+            "another message of the record"
+        );
+        assert!(!eos.dead_lettered(None, 0));
+        // Named by every position record until a commit passes them.
+        eos.add(Some(pos("13")), 1);
+        let value = String::from_utf8(eos.position_value("s")).unwrap();
+        assert!(value.contains("\"15\""), "{value}");
+        assert!(!value.contains("\"12\""), "{value}");
+        eos.committed_span();
+        assert!(eos.dead_lettered(Some(&pos("15")), 0));
+        assert!(!eos.dead_lettered(Some(&pos("12")), 1));
+        let more: DeadLettered = [(pos("20"), 0)].into_iter().collect();
+        let value = String::from_utf8(eos.dead_letter_value("s", &more)).unwrap();
+        assert!(
+            value.contains("\"sequence_number\":\"13\"")
+                && value.contains("\"20\"")
+                && value.contains("\"15\""),
+            "{value}"
+        );
+    }
+
     #[test]
     fn names_derive_from_the_application() {
         let c = config("");
@@ -168,14 +247,14 @@ mod tests {
     fn the_resume_point_is_the_later_of_the_positions_topic_and_the_checkpoint() {
         let c = config("");
         let mut eos = ExactlyOnce::new(&c, "s");
-        eos.resume(Some(pos("20")), Some(&pos("10")));
+        eos.resume(committed(Some("20")), Some(&pos("10")));
         assert!(eos.already_committed(Some(&pos("20"))));
         assert!(!eos.already_committed(Some(&pos("21"))));
         assert!(!eos.already_committed(None));
         assert_eq!(eos.committed(), Some(&pos("20")));
-        eos.resume(Some(pos("20")), Some(&pos("30")));
+        eos.resume(committed(Some("20")), Some(&pos("30")));
         assert_eq!(eos.committed(), Some(&pos("30")));
-        eos.resume(None, None);
+        eos.resume(Committed::default(), None);
         assert!(!eos.already_committed(Some(&pos("1"))));
     }
 

@@ -69,6 +69,42 @@ pub struct DeliveryContext {
     /// is produced again or dead-lettered from here: the whole transaction is aborted and
     /// replayed from the last committed position.
     positions_topic: Option<String>,
+    /// Exactly-once with a dead-letter topic: the messages the broker refused for good in
+    /// the open transaction, for the session to dead-letter once it is aborted.
+    refused: Mutex<Vec<RefusedMessage>>,
+}
+
+/// A message the broker refused for good inside a transaction (exactly-once).
+pub struct RefusedMessage {
+    pub id: RecordId,
+    /// Its place among its record's messages.
+    pub index: usize,
+    pub reason: String,
+    message: Refused,
+}
+
+/// Whether a delivery error is about the message itself (what at-least-once mode
+/// dead-letters), not about the transaction, the producer or a batchmate.
+fn refused_for_good(code: Option<RDKafkaErrorCode>) -> bool {
+    !matches!(
+        code,
+        Some(
+            RDKafkaErrorCode::PurgeQueue
+                | RDKafkaErrorCode::PurgeInflight
+                | RDKafkaErrorCode::MessageTimedOut
+                | RDKafkaErrorCode::InvalidDifferentRecord
+                | RDKafkaErrorCode::Fenced
+                | RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::InvalidTransactionalState
+                | RDKafkaErrorCode::InvalidProducerIdMapping
+                | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
+                | RDKafkaErrorCode::State
+                | RDKafkaErrorCode::Fatal
+                | RDKafkaErrorCode::OutOfOrderSequenceNumber
+                | RDKafkaErrorCode::UnknownProducerId
+        )
+    )
 }
 
 impl ClientContext for DeliveryContext {
@@ -131,7 +167,7 @@ impl ProducerContext for DeliveryContext {
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
         let (id, _) = produce_again::split_opaque(opaque);
         if self.positions_topic.is_some() {
-            self.transactional_delivery(result, id);
+            self.transactional_delivery(result, opaque);
             return;
         }
         let (error, message) = match result {
@@ -211,7 +247,8 @@ impl ProducerContext for DeliveryContext {
 impl DeliveryContext {
     /// A delivery report of a transactional producer. The position record's own report is
     /// not a record's: its failure shows as the commit's.
-    fn transactional_delivery(&self, result: &DeliveryResult<'_>, id: RecordId) {
+    fn transactional_delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        let (id, index) = produce_again::split_opaque(opaque);
         match result {
             Ok(message) => {
                 if self.positions_topic.as_deref() == Some(message.topic()) {
@@ -236,14 +273,25 @@ impl DeliveryContext {
                     return;
                 }
                 self.metrics.delivery_failed(&error_kind(error));
-                self.frontier.fail(
-                    id,
-                    format!(
-                        "Kafka refused the message for topic {} partition {}: {error}",
-                        message.topic(),
-                        message.partition()
-                    ),
+                let reason = format!(
+                    "Kafka refused the message for topic {} partition {}: {error}",
+                    message.topic(),
+                    message.partition()
                 );
+                if self.dead_letter_topic.is_some()
+                    && !self.is_dead_letter_topic(message.topic())
+                    && refused_for_good(error.rdkafka_error_code())
+                {
+                    if let Ok(mut refused) = self.refused.lock() {
+                        refused.push(RefusedMessage {
+                            id,
+                            index,
+                            reason: reason.clone(),
+                            message: Refused::copy_of(message),
+                        });
+                    }
+                }
+                self.frontier.fail(id, reason);
             }
         }
     }
@@ -252,13 +300,7 @@ impl DeliveryContext {
     fn hand_back(&self, opaque: usize, message: &BorrowedMessage<'_>, what: Handback) {
         let returned = Returned {
             opaque,
-            message: Refused {
-                topic: message.topic().to_owned(),
-                key: message.key().map(<[u8]>::to_vec),
-                value: message.payload().map(<[u8]>::to_vec),
-                timestamp: message.timestamp().to_millis(),
-                headers: message.headers().map(|h| h.detach()),
-            },
+            message: Refused::copy_of(message),
             what,
         };
         if let Ok(mut list) = self.returned.lock() {
@@ -486,6 +528,7 @@ fn new_producer(
         last_error: LastError::default(),
         msk_iam: msk_iam::for_config(config)?,
         positions_topic: transactional_id.map(|_| config.positions_topic()),
+        refused: Mutex::new(Vec::new()),
     };
     let mut client = client_config(config);
     if let Some(id) = transactional_id {
@@ -610,9 +653,12 @@ impl KafkaSink {
     /// Queues one message of record `id`. When librdkafka's queue is full, waits for room:
     /// a record is never dropped to keep up. A message Kafka refuses at once goes to the
     /// dead-letter topic when there is one.
+    /// `index`: the message's place among its record's messages (exactly-once names a
+    /// dead-lettered message by its record's position and this).
     pub fn send(
         &mut self,
         id: RecordId,
+        index: usize,
         record: &KinesisRecord<'_>,
         message: KafkaMessage<'_>,
     ) -> Result<(), SendError> {
@@ -637,11 +683,11 @@ impl KafkaSink {
             timestamp: message.timestamp.filter(|_| self.arrival_timestamps),
             headers,
         };
-        match self.enqueue(id, outgoing) {
+        match self.enqueue(id, index, outgoing) {
             Ok(()) => Ok(()),
             Err((reason, returned)) => {
                 let position = self.frontier.position(id);
-                self.dead_letter_or_fail(id, returned, reason, position.as_ref())
+                self.dead_letter_or_fail(id, index, returned, reason, position.as_ref())
             }
         }
     }
@@ -665,7 +711,7 @@ impl KafkaSink {
             timestamp: record.approximate_arrival_timestamp,
             headers: Some(headers),
         };
-        self.enqueue(id, outgoing).map_err(|(reason, _)| {
+        self.enqueue(id, 0, outgoing).map_err(|(reason, _)| {
             SendError(format!("the dead-letter topic refused it too: {reason}"))
         })
     }
@@ -674,6 +720,7 @@ impl KafkaSink {
     fn dead_letter_or_fail(
         &mut self,
         id: RecordId,
+        index: usize,
         refused: Refused,
         reason: String,
         position: Option<&Position>,
@@ -715,7 +762,7 @@ impl KafkaSink {
             timestamp: refused.timestamp,
             headers: Some(headers),
         };
-        self.enqueue(id, outgoing).map_err(|(dead_letter_reason, _)| {
+        self.enqueue(id, index, outgoing).map_err(|(dead_letter_reason, _)| {
             SendError(format!(
                 "{reason}; the dead-letter topic {dead_letter_topic} refused it too: {dead_letter_reason}"
             ))
@@ -723,8 +770,19 @@ impl KafkaSink {
     }
 
     /// Hands one message to librdkafka, waiting while its queue is full.
-    fn enqueue(&self, id: RecordId, message: Outgoing<'_>) -> Result<(), (String, Refused)> {
-        let generation = self.producer.context().again.generation();
+    fn enqueue(
+        &self,
+        id: RecordId,
+        index: usize,
+        message: Outgoing<'_>,
+    ) -> Result<(), (String, Refused)> {
+        // Exactly-once never produces again: the opaque's upper bits carry the message's
+        // index instead of a generation, for a refused message to be named.
+        let generation = if self.transactions.is_some() {
+            index
+        } else {
+            self.producer.context().again.generation()
+        };
         self.enqueue_stamped(produce_again::opaque(id, generation), message)
     }
 
@@ -832,7 +890,7 @@ impl KafkaSink {
                 Handback::DeadLetter { reason } => {
                     let position = self.frontier.position(id);
                     if let Err(e) =
-                        self.dead_letter_or_fail(id, r.message, reason, position.as_ref())
+                        self.dead_letter_or_fail(id, 0, r.message, reason, position.as_ref())
                     {
                         self.frontier.fail(id, e.0);
                     }
@@ -1064,6 +1122,41 @@ impl KafkaSink {
         Ok(())
     }
 
+    /// Exactly-once: the messages the broker refused for good in the open transaction (kept
+    /// only with a dead-letter topic).
+    pub fn take_refused(&self) -> Vec<RefusedMessage> {
+        self.producer
+            .context()
+            .refused
+            .lock()
+            .map(|mut refused| std::mem::take(&mut *refused))
+            .unwrap_or_default()
+    }
+
+    /// Exactly-once, after the transaction that held them was aborted: writes the refused
+    /// messages to the dead-letter topic in a transaction of their own, committed with the
+    /// shard's position record (`value`, which names them, so that the replay skips them).
+    pub fn dead_letter_in_transaction(
+        &mut self,
+        refused: Vec<RefusedMessage>,
+        key: &str,
+        value: &[u8],
+        timeout: Duration,
+    ) -> Result<(), TxnError> {
+        for r in refused {
+            let position = self.frontier.position(r.id);
+            self.dead_letter_or_fail(r.id, r.index, r.message, r.reason, position.as_ref())
+                .map_err(|e| TxnError::Abort(e.0))?;
+        }
+        let mut attempts = 0;
+        loop {
+            match self.commit(key, Some(value), timeout) {
+                Err(TxnError::Retry(_)) if attempts < 5 => attempts += 1,
+                other => return other,
+            }
+        }
+    }
+
     /// Whether a transaction is open (exactly-once).
     pub fn in_transaction(&self) -> bool {
         self.transactions.as_ref().is_some_and(|t| t.open.get())
@@ -1132,6 +1225,19 @@ struct Refused {
     value: Option<Vec<u8>>,
     timestamp: Option<i64>,
     headers: Option<OwnedHeaders>,
+}
+
+impl Refused {
+    /// A reported message, copied out of librdkafka's buffer.
+    fn copy_of(message: &BorrowedMessage<'_>) -> Refused {
+        Refused {
+            topic: message.topic().to_owned(),
+            key: message.key().map(<[u8]>::to_vec),
+            value: message.payload().map(<[u8]>::to_vec),
+            timestamp: message.timestamp().to_millis(),
+            headers: message.headers().map(|h| h.detach()),
+        }
+    }
 }
 
 /// Asks for the topic's metadata in the background, at once, twice. An idempotent
@@ -1391,7 +1497,7 @@ mod tests {
             };
             let id = frontier.track(Some(Position::new(seq, 0)), 1, 7);
             let message = KafkaMessage::from_record(&record);
-            assert!(sink.send(id, &record, message).is_ok());
+            assert!(sink.send(id, 0, &record, message).is_ok());
         }
         // librdkafka raises it on purpose, as it would on losing the sequence state.
         let reason = std::ffi::CString::new("test: sequence state lost").unwrap();
@@ -1436,7 +1542,7 @@ mod tests {
         };
         let first = frontier.track(Some(Position::new("1", 0)), 1, 7);
         assert!(sink
-            .send(first, &record, KafkaMessage::from_record(&record))
+            .send(first, 0, &record, KafkaMessage::from_record(&record))
             .is_ok());
         // The shard stops at the first record (say Kafka refused it for good): waiting for
         // room for the next one would last as long as Kafka is down, and spin.
@@ -1445,7 +1551,7 @@ mod tests {
         let (done, finished) = std::sync::mpsc::channel();
         std::thread::scope(|scope| {
             scope.spawn(|| {
-                let sent = sink.send(second, &record, KafkaMessage::from_record(&record));
+                let sent = sink.send(second, 0, &record, KafkaMessage::from_record(&record));
                 let _ = done.send(sent.is_ok());
             });
             let returned = finished.recv_timeout(Duration::from_secs(5));

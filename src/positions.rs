@@ -4,6 +4,7 @@
 //! records, a read_committed read of it says exactly which records are in Kafka, even when
 //! the daemon's checkpoint (in DynamoDB) lags behind after a crash.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
@@ -25,44 +26,91 @@ use crate::checkpoint::Position;
 use crate::config::Config;
 use crate::kafka::CheckContext;
 
+/// Messages the broker refused for good and that went to the dead-letter topic in a
+/// transaction of their own (exactly-once): each a record's position and the message's
+/// place among the record's messages. The replay skips them.
+pub type DeadLettered = BTreeSet<(Position, usize)>;
+
+/// What a shard has committed.
+#[derive(Debug, Default, PartialEq)]
+pub struct Committed {
+    /// The last record in Kafka (`None`: only dead letters were committed so far).
+    pub position: Option<Position>,
+    /// Dead-lettered messages after `position`.
+    pub dead_lettered: DeadLettered,
+}
+
 /// One shard's last committed position, as stored (JSON, so that an operator can read it
 /// with any console consumer).
 #[derive(Debug, Serialize, Deserialize)]
 struct Stored {
     shard_id: String,
-    sequence_number: String,
+    sequence_number: Option<String>,
     sub_sequence_number: i64,
     /// When the transaction was committed (ms since the epoch), for operators.
     committed_at_ms: i64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    dead_lettered: Vec<StoredDeadLetter>,
 }
 
-/// The value of a shard's position record.
-pub fn encode(shard_id: &str, position: &Position) -> Vec<u8> {
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredDeadLetter {
+    sequence_number: String,
+    sub_sequence_number: i64,
+    message: usize,
+}
+
+/// The value of a shard's position record: `position`, and the dead-lettered messages after
+/// it.
+pub fn encode(
+    shard_id: &str,
+    position: Option<&Position>,
+    dead_lettered: &DeadLettered,
+) -> Vec<u8> {
     let stored = Stored {
         shard_id: shard_id.to_owned(),
-        sequence_number: position.sequence_number.to_string(),
-        sub_sequence_number: position.sub_sequence_number,
+        sequence_number: position.map(|p| p.sequence_number.to_string()),
+        sub_sequence_number: position.map_or(0, |p| p.sub_sequence_number),
         committed_at_ms: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64),
+        dead_lettered: dead_lettered
+            .iter()
+            .filter(|(p, _)| position.is_none_or(|position| p > position))
+            .map(|(p, message)| StoredDeadLetter {
+                sequence_number: p.sequence_number.to_string(),
+                sub_sequence_number: p.sub_sequence_number,
+                message: *message,
+            })
+            .collect(),
     };
     serde_json::to_vec(&stored).unwrap_or_default()
 }
 
-fn decode(value: &[u8]) -> Result<Position> {
-    let stored: Stored = serde_json::from_slice(value)?;
-    if stored.sequence_number.is_empty()
-        || !stored.sequence_number.bytes().all(|b| b.is_ascii_digit())
-    {
-        bail!(
-            "sequence number {:?} is not a number",
-            stored.sequence_number
-        );
+fn number(sequence_number: &str) -> Result<&str> {
+    if sequence_number.is_empty() || !sequence_number.bytes().all(|b| b.is_ascii_digit()) {
+        bail!("sequence number {sequence_number:?} is not a number");
     }
-    Ok(Position::new(
-        &stored.sequence_number,
-        stored.sub_sequence_number,
-    ))
+    Ok(sequence_number)
+}
+
+fn decode(value: &[u8]) -> Result<Committed> {
+    let stored: Stored = serde_json::from_slice(value)?;
+    let position = match &stored.sequence_number {
+        Some(s) => Some(Position::new(number(s)?, stored.sub_sequence_number)),
+        None => None,
+    };
+    let mut dead_lettered = DeadLettered::new();
+    for d in &stored.dead_lettered {
+        dead_lettered.insert((
+            Position::new(number(&d.sequence_number)?, d.sub_sequence_number),
+            d.message,
+        ));
+    }
+    Ok(Committed {
+        position,
+        dead_lettered,
+    })
 }
 
 /// The client settings the producer uses (brokers, security), for the admin client and
@@ -176,20 +224,16 @@ pub fn ensure_topic(config: &Config, timeout: Duration, check_policy: bool) -> R
 /// fenced the previous owner and ended its open transaction, so nothing read here can
 /// still change. Reads each partition backwards in growing windows from its end, so a
 /// busy topic costs a short read.
-pub fn read(
-    config: &Config,
-    transactional_id: &str,
-    timeout: Duration,
-) -> Result<Option<Position>> {
+pub fn read(config: &Config, transactional_id: &str, timeout: Duration) -> Result<Committed> {
     let topic = config.positions_topic();
     let deadline = Instant::now() + timeout;
     let mut client = client_config(config);
     client
         .set("isolation.level", "read_committed")
         .set("enable.auto.commit", "false")
-        // No group.id: partitions are assigned by hand and nothing is committed, so no
-        // group coordinator (nor its ACLs) is involved.
-        .set("enable.partition.eof", "true");
+        .set("enable.partition.eof", "true")
+        // librdkafka assigns partitions only within a group; nothing is ever committed.
+        .set("group.id", format!("{transactional_id}.positions-reader"));
     let consumer: BaseConsumer<CheckContext> = client
         .create_with_context(CheckContext::for_config(config)?)
         .context("cannot create a Kafka consumer to read the positions topic")?;
@@ -205,7 +249,8 @@ pub fn read(
     if partitions.is_empty() {
         bail!("the positions topic {topic} does not exist; run.sh's --check-config creates it, or create it compacted");
     }
-    let mut last: Option<Position> = None;
+    // Positions only grow; the greatest one found is the last one written.
+    let mut last: Option<Committed> = None;
     for partition in partitions {
         let left = deadline.saturating_duration_since(Instant::now());
         // With read_committed, the high offset is the last stable offset.
@@ -227,7 +272,7 @@ pub fn read(
                 transactional_id,
                 deadline,
             )? {
-                if last.as_ref().is_none_or(|l| found > *l) {
+                if last.as_ref().is_none_or(|l| found.position > l.position) {
                     last = Some(found);
                 }
                 break;
@@ -236,7 +281,7 @@ pub fn read(
             window = window.saturating_mul(4);
         }
     }
-    Ok(last)
+    Ok(last.unwrap_or_default())
 }
 
 /// The last value for `key` among offsets `start..stop` of one partition.
@@ -248,7 +293,7 @@ fn read_range(
     stop: i64,
     key: &str,
     deadline: Instant,
-) -> Result<Option<Position>> {
+) -> Result<Option<Committed>> {
     let mut assignment = TopicPartitionList::new();
     assignment
         .add_partition_offset(topic, partition, Offset::Offset(start))
@@ -292,18 +337,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_position_reads_back_as_written() {
+    fn a_position_reads_back_as_written_with_the_dead_letters_after_it() {
         let position = Position::new(
             "49590338271490256608559692538361571095921575989136588898",
             3,
         );
-        let value = encode("shardId-000000000001", &position);
-        assert_eq!(decode(&value).unwrap(), position);
+        let after = Position::new(
+            "49590338271490256608559692538361571095921575989136588899",
+            0,
+        );
+        let dead: DeadLettered = [(Position::new("40", 0), 0), (after.clone(), 2)]
+            .into_iter()
+            .collect();
+        let value = encode("shardId-000000000001", Some(&position), &dead);
+        let committed = decode(&value).unwrap();
+        assert_eq!(committed.position, Some(position.clone()));
+        assert_eq!(
+            committed.dead_lettered.into_iter().collect::<Vec<_>>(),
+            vec![(after, 2)],
+            "dead letters at or before the position are dropped"
+        );
         let text = String::from_utf8(value).unwrap();
         assert!(
             text.contains("\"shard_id\":\"shardId-000000000001\""),
             "{text}"
         );
+        let nothing_yet = decode(&encode("s", None, &dead)).unwrap();
+        assert_eq!(nothing_yet.position, None);
+        assert_eq!(nothing_yet.dead_lettered, dead);
         assert!(decode(br#"{"shard_id":"s","sequence_number":"x1","sub_sequence_number":0,"committed_at_ms":0}"#).is_err());
     }
 

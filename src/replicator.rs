@@ -169,7 +169,7 @@ impl Replicator {
             }
         }
         let left = EXACTLY_ONCE_START_TIMEOUT.saturating_sub(started.elapsed());
-        let position = positions::ensure_topic(&self.config, left.min(Duration::from_secs(30)), false)
+        let stored = positions::ensure_topic(&self.config, left.min(Duration::from_secs(30)), false)
             .and_then(|()| positions::read(&self.config, &eos.transactional_id, left))
             .map_err(|e| {
                 Fatal::Delivery(format!(
@@ -177,7 +177,7 @@ impl Replicator {
                     self.shard_id
                 ))
             })?;
-        match (&position, &self.checkpointed) {
+        match (&stored.position, &self.checkpointed) {
             (Some(p), Some(c)) if p > c => info!(
                 "exactly-once: the positions topic has {p}, after the checkpoint {c}: the records up to it are in Kafka already and are skipped"
             ),
@@ -187,7 +187,13 @@ impl Replicator {
             (Some(p), _) => info!("exactly-once: committed position {p}"),
             (None, _) => info!("exactly-once: no committed position for this shard yet"),
         }
-        eos.resume(position, self.checkpointed.as_ref());
+        if !stored.dead_lettered.is_empty() {
+            info!(
+                "exactly-once: {} messages after the committed position are in the dead-letter topic already; the replay skips them",
+                stored.dead_lettered.len()
+            );
+        }
+        eos.resume(stored, self.checkpointed.as_ref());
         info!(
             "exactly-once: transactional id {}, positions topic {}",
             eos.transactional_id,
@@ -330,14 +336,24 @@ impl Replicator {
                 if messages.is_empty() {
                     self.metrics.records_dropped.fetch_add(1, Ordering::Relaxed);
                 }
+                // Exactly-once, replaying after an abort: the messages the broker refused
+                // then are in the dead-letter topic already.
+                let eos = self.eos.as_ref().filter(|eos| eos.has_dead_letters());
+                let done_before = |index: usize| {
+                    eos.is_some_and(|eos| eos.dead_lettered(position.as_ref(), index))
+                };
+                let skipped = (0..messages.len()).filter(|i| done_before(*i)).count();
                 let id = self.frontier.track_arrived(
-                    position,
-                    messages.len() as u32,
+                    position.clone(),
+                    (messages.len() - skipped) as u32,
                     bytes,
                     record.approximate_arrival_timestamp,
                 );
-                for message in messages.drain(..) {
-                    if let Err(e) = self.sink.send(id, &kinesis, message) {
+                for (index, message) in messages.drain(..).enumerate() {
+                    if done_before(index) {
+                        continue;
+                    }
+                    if let Err(e) = self.sink.send(id, index, &kinesis, message) {
                         self.frontier.fail(id, e.0);
                         break;
                     }
@@ -646,13 +662,11 @@ impl Replicator {
             let Some(eos) = &self.eos else {
                 return Ok(());
             };
-            let value = eos
-                .span_position()
-                .map(|p| positions::encode(&self.shard_id, p));
+            let value = eos.position_value(&self.shard_id);
             let key = eos.transactional_id.clone();
             match self
                 .sink
-                .commit(&key, value.as_deref(), TRANSACTION_CALL_TIMEOUT)
+                .commit(&key, Some(&value), TRANSACTION_CALL_TIMEOUT)
             {
                 Ok(()) => {
                     if let Some(eos) = &mut self.eos {
@@ -700,18 +714,71 @@ impl Replicator {
         why: &str,
     ) -> Result<(), Fatal> {
         let records = self.eos.as_ref().map_or(0, ExactlyOnce::span_records);
+        // With a dead-letter topic, every message the broker refused for good is known once
+        // every report of the span is in.
+        let refused = if self.config.dead_letter_topic().is_some() {
+            self.sink.flush(self.config.flush_timeout());
+            self.sink.take_refused()
+        } else {
+            Vec::new()
+        };
         self.abort_quietly();
-        if self.sink.fatal_error().is_none() {
+        let fenced = self.sink.fatal_error().is_some();
+        let dead_lettered = if refused.is_empty() || fenced {
+            String::new()
+        } else {
+            self.dead_letter_refused(refused)
+        };
+        if !fenced {
             self.maybe_checkpoint(channel, true)?;
         }
         Err(Fatal::Delivery(format!(
-            "the Kafka transaction of shard {} ({records} records) was aborted: {why}; read_committed consumers see none of it. The last committed position is {} (checkpointed); exiting so that the daemon replays the records after it",
+            "the Kafka transaction of shard {} ({records} records) was aborted: {why}; read_committed consumers see none of it.{dead_lettered} The last committed position is {} (checkpointed); exiting so that the daemon replays the records after it",
             self.shard_id,
             self.eos
                 .as_ref()
                 .and_then(ExactlyOnce::committed)
                 .map_or("none".to_owned(), |p| p.to_string())
         )))
+    }
+
+    /// Exactly-once, after an abort: the messages the broker refused for good go to the
+    /// dead-letter topic in a transaction of their own, whose position record names them
+    /// so that the replay skips them; the rest of the span is replayed as usual. What the
+    /// exit message says about it.
+    fn dead_letter_refused(&mut self, refused: Vec<crate::kafka::RefusedMessage>) -> String {
+        let Some(eos) = &self.eos else {
+            return String::new();
+        };
+        let named: positions::DeadLettered = refused
+            .iter()
+            .filter_map(|r| self.frontier.position(r.id).map(|p| (p, r.index)))
+            .collect();
+        // A message of a record without a sequence number cannot be named: it is replayed
+        // (and refused) again, as without a dead-letter topic.
+        let refused: Vec<_> = refused
+            .into_iter()
+            .filter(|r| self.frontier.position(r.id).is_some())
+            .collect();
+        let count = refused.len();
+        let value = eos.dead_letter_value(&self.shard_id, &named);
+        let key = eos.transactional_id.clone();
+        match self
+            .sink
+            .dead_letter_in_transaction(refused, &key, &value, TRANSACTION_CALL_TIMEOUT)
+        {
+            Ok(()) => {
+                self.metrics
+                    .transactions_committed
+                    .fetch_add(1, Ordering::Relaxed);
+                warn!("dead-lettered {count} messages the broker refused for good, in a transaction of their own; the replay skips them");
+                format!(" The {count} messages the broker refused for good are in the dead-letter topic; the replay skips them.")
+            }
+            Err(e) => {
+                self.abort_quietly();
+                format!(" Dead-lettering the {count} messages the broker refused failed too ({e}); the replay meets them again.")
+            }
+        }
     }
 
     /// Aborts the open transaction, if any, logging (not returning) a failure: whoever
@@ -735,13 +802,11 @@ impl Replicator {
         let Some(eos) = &self.eos else {
             return;
         };
-        let value = eos
-            .span_position()
-            .map(|p| positions::encode(&self.shard_id, p));
+        let value = eos.position_value(&self.shard_id);
         let key = eos.transactional_id.clone();
         match self
             .sink
-            .commit(&key, value.as_deref(), self.config.flush_timeout())
+            .commit(&key, Some(&value), self.config.flush_timeout())
         {
             Ok(()) => {
                 if let Some(eos) = &mut self.eos {

@@ -19,7 +19,8 @@ from confluent_kafka import TopicPartition
 from kkrlocal.records import consumer
 
 from driver import Child
-from test_record_errors import record_figures, sequence
+from test_record_errors import batches as record_batches
+from test_record_errors import record_figures, sequence, setup_topics
 
 SHARD = "shardId-000000000000"
 BEHIND_MS = 600_000
@@ -94,10 +95,11 @@ def positions(bootstrap: str, topic: str) -> list[dict]:
         c.close()
 
 
-def exactly_once(ns: list[int], total: int) -> dict:
+def exactly_once(ns: list[int], total: int, excluded: set[int] = frozenset()) -> dict:
+    """Missing (of 0..total, but `excluded`), duplicated and out-of-order records."""
     seen = set(ns)
     return {
-        "missing": len(set(range(total)) - seen),
+        "missing": len(set(range(total)) - excluded - seen),
         "duplicates": len(ns) - len(seen),
         "order_violations": sum(1 for a, b in zip(ns, ns[1:]) if b < a),
     }
@@ -194,3 +196,63 @@ def test_a_second_owner_fences_the_first_which_exits_without_a_checkpoint(stack,
     record_figures(figures)
     assert figures["missing"] == 0 and figures["duplicates"] == 0 and figures["order_violations"] == 0, figures
     assert second.checkpoints[-1] == (sequence(1999), 0)
+
+
+def test_records_the_broker_refuses_are_dead_lettered_once_and_the_rest_replicated_once(stack, tmp_path):
+    """Exactly-once with a dead-letter topic, and records the broker refuses (arrival times
+    older than the topic's message.timestamp.before.max.ms). A refused record dooms its
+    transaction: the child aborts it, writes the refused messages to the dead-letter topic in
+    a transaction of their own whose position record names them, checkpoints the committed
+    position and exits. Each replay skips what is dead-lettered. read_committed consumers see
+    every good record once, in order, and each refused one once in the dead-letter topic."""
+    name = f"eos-refused-{os.getpid()}-{int(time.time())}"
+    topic, dead_letters = setup_topics(stack, name)
+    total, per_batch = 3000, 500
+    # In pairs: librdkafka 2.12.1 names the culprits of a batch only when there are two or
+    # more (see test_record_errors.py).
+    invalid = {120, 121, 1640, 1641}
+    config = tmp_path / "replicator.json"
+    config.write_text(json.dumps({
+        "kafka": {"bootstrap_servers": stack.kafka.bootstrap, "topic": topic,
+                  "properties": {"batch.num.messages": "100"}},
+        "checkpoint": {"freq_seconds": "1"},
+        "records": {"timestamp": "arrival"},
+        "dead_letter": {"topic": dead_letters},
+        "delivery": {"guarantee": "exactly_once", "application_name": f"app-{name}"},
+    }))
+    checkpoint = ("TRIM_HORIZON", 0)
+    exits = []
+    now_ms = int(time.time() * 1000)
+    for attempt in range(6):
+        child = Child(stack.binary, config, tmp_path / f"child-{attempt}.log")
+        try:
+            assert child.act({"action": "initialize", "shardId": SHARD, "sequenceNumber": checkpoint[0],
+                              "subSequenceNumber": checkpoint[1]}), child.text()
+            finished = all(child.act(b) for b in record_batches(total, per_batch, invalid, now_ms))
+            if finished:
+                assert child.act({"action": "shutdownRequested"}), child.text()
+                assert child.act({"action": "leaseLost"})
+            code = child.close()
+        finally:
+            child.kill()
+        exits.append(code)
+        if child.checkpoints:
+            checkpoint = child.checkpoints[-1]
+        if finished:
+            assert code == 0, child.text()
+            break
+        assert code == 1, child.text()
+        assert "in the dead-letter topic; the replay skips them" in child.text(), child.text()[-3000:]
+    assert exits[-1] == 0, f"still refusing after {len(exits)} children: {exits}"
+
+    committed = read(stack.kafka.bootstrap, topic, "read_committed", total - len(invalid))
+    dead = read(stack.kafka.bootstrap, dead_letters, "read_committed", len(invalid))
+    good = [n for n in range(total) if n not in invalid]
+    figures = {"scenario": "exactly-once: refused records dead-lettered", "put": total, "invalid": len(invalid),
+               "children": len(exits), "in_dead_letter_topic": len(dead),
+               **exactly_once(committed, total, invalid)}
+    record_figures(figures)
+    assert sorted(dead) == sorted(invalid), f"dead-letter topic: {sorted(dead)}"
+    assert figures["duplicates"] == 0 and figures["order_violations"] == 0, figures
+    assert sorted(committed) == good, f"{len(committed)} records; missing {sorted(set(good) - set(committed))[:10]}"
+    assert checkpoint == (sequence(total - 1), 0), checkpoint
