@@ -22,7 +22,8 @@ READ_COMMITTED = {"isolation.level": "read_committed"}
 
 
 def already_in_kafka(replicator) -> int:
-    """Records the new owner's children skipped because an earlier owner committed them."""
+    """Records the daemon's children skipped because an earlier owner committed them, from
+    each shard's last summary line."""
     last = {}
     for shard, count in re.findall(r"\[(shardId-\d+)\] .*already_in_kafka=(\d+)", replicator.log()):
         last[shard] = int(count)
@@ -62,7 +63,9 @@ def test_a_crashed_container_is_replayed_without_a_duplicate(scenario):
     wait_until("every record readable", lambda: len(read_topic(scenario.stack.kafka.bootstrap, scenario.topic, timeout=30, conf=READ_COMMITTED)) >= writer.count, 180, interval=3)
     report = scenario.read(writer, conf=READ_COMMITTED)
     uncommitted = reckon(writer, read_topic(scenario.stack.kafka.bootstrap, scenario.topic, timeout=60))
-    skipped = wait_until("the new owners' summaries", lambda: already_in_kafka(second) or None, 90) if in_kafka_at_crash else 0
+    # Stopped, each child logs its summary line at exit: the count of what it skipped.
+    second.stop()
+    skipped = already_in_kafka(second)
     scenario.record(
         report,
         guarantee="exactly_once",
@@ -77,8 +80,10 @@ def test_a_crashed_container_is_replayed_without_a_duplicate(scenario):
     )
     assert all(lease["checkpoint"] == "TRIM_HORIZON" for lease in leases_at_crash.values()), leases_at_crash
     assert_complete(report, max_duplicates=0)
-    # The replay really happened: at-least-once would have written these again.
-    assert skipped >= in_kafka_at_crash * 0.9, (skipped, in_kafka_at_crash)
+    # The replay really happened: at-least-once would have written these again. The offsets
+    # in Kafka at the crash also count commit markers (one per transaction, a few a second)
+    # and the open transactions the crash aborted (under a second of records per shard).
+    assert skipped >= in_kafka_at_crash * 0.85, (skipped, in_kafka_at_crash)
 
 
 def test_leases_handed_to_a_second_daemon_are_replicated_without_a_duplicate(scenario):
