@@ -659,24 +659,8 @@ impl Replicator {
         let started = Instant::now();
         let mut last_log = started;
         loop {
-            let Some(eos) = &self.eos else {
-                return Ok(());
-            };
-            let value = eos.position_value(&self.shard_id);
-            let key = eos.transactional_id.clone();
-            match self
-                .sink
-                .commit(&key, Some(&value), TRANSACTION_CALL_TIMEOUT)
-            {
-                Ok(()) => {
-                    if let Some(eos) = &mut self.eos {
-                        eos.committed_span();
-                    }
-                    self.metrics
-                        .transactions_committed
-                        .fetch_add(1, Ordering::Relaxed);
-                    return Ok(());
-                }
+            match self.try_commit(TRANSACTION_CALL_TIMEOUT) {
+                Ok(()) => return Ok(()),
                 Err(TxnError::Retry(why)) => {
                     if channel.daemon_gone() {
                         return Err(Fatal::DaemonGone(format!(
@@ -799,28 +783,25 @@ impl Replicator {
 
     /// At a clean exit: one bounded attempt to commit the open span.
     fn commit_at_exit(&mut self) {
-        let Some(eos) = &self.eos else {
-            return;
+        if let Err(e) = self.try_commit(self.config.flush_timeout()) {
+            warn!("committing the last transaction at exit failed: {e}; aborting it, the next owner replays it");
+            self.abort_quietly();
+        }
+    }
+
+    /// One attempt to commit the open span with its position record.
+    fn try_commit(&mut self, timeout: Duration) -> Result<(), TxnError> {
+        let Some(eos) = &mut self.eos else {
+            return Ok(());
         };
         let value = eos.position_value(&self.shard_id);
-        let key = eos.transactional_id.clone();
-        match self
-            .sink
-            .commit(&key, Some(&value), self.config.flush_timeout())
-        {
-            Ok(()) => {
-                if let Some(eos) = &mut self.eos {
-                    eos.committed_span();
-                }
-                self.metrics
-                    .transactions_committed
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => {
-                warn!("committing the last transaction at exit failed: {e}; aborting it, the next owner replays it");
-                self.abort_quietly();
-            }
-        }
+        self.sink
+            .commit(&eos.transactional_id, Some(&value), timeout)?;
+        eos.committed_span();
+        self.metrics
+            .transactions_committed
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// The producer was fenced: the shard's next owner initialized the same transactional

@@ -20,7 +20,7 @@ from kkrlocal.records import consumer
 
 from driver import Child
 from test_record_errors import batches as record_batches
-from test_record_errors import record_figures, sequence, setup_topics
+from test_record_errors import read_all, record_figures, sequence, setup_topics
 
 SHARD = "shardId-000000000000"
 BEHIND_MS = 600_000
@@ -59,24 +59,7 @@ def write_config(tmp_path, stack, name: str, topic: str, **delivery) -> object:
 
 def read(bootstrap: str, topic: str, isolation: str, expect: int, timeout: float = 60) -> list[int]:
     """The n of every message of the one-partition topic, in offset order."""
-    c = consumer(bootstrap, {"isolation.level": isolation})
-    out: list[int] = []
-    try:
-        c.assign([TopicPartition(topic, 0, 0)])
-        deadline = time.monotonic() + timeout
-        quiet_since = time.monotonic()
-        while time.monotonic() < deadline:
-            got = c.consume(num_messages=5000, timeout=0.5)
-            for m in got:
-                assert not m.error(), m.error()
-                out.append(json.loads(m.value())["n"])
-            if got:
-                quiet_since = time.monotonic()
-            elif len(out) >= expect and time.monotonic() - quiet_since > 2:
-                break
-        return out
-    finally:
-        c.close()
+    return [n for _, n, _ in read_all(bootstrap, topic, expect, timeout, isolation)]
 
 
 def positions(bootstrap: str, topic: str) -> list[dict]:

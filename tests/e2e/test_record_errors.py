@@ -52,9 +52,10 @@ def batches(total: int, per_batch: int, invalid: set[int], now_ms: int):
         yield {"action": "processRecords", "records": records, "millisBehindLatest": 0}
 
 
-def read_all(bootstrap: str, topic: str, expect: int, timeout: float = 60) -> list[tuple[int, int, dict]]:
+def read_all(bootstrap: str, topic: str, expect: int, timeout: float = 60,
+             isolation: str = "read_uncommitted") -> list[tuple[int, int, dict]]:
     """(offset, n, headers) of every message of a one-partition topic, once `expect` are there."""
-    c = consumer(bootstrap)
+    c = consumer(bootstrap, {"isolation.level": isolation})
     out = []
     try:
         c.assign([TopicPartition(topic, 0, 0)])
