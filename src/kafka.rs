@@ -380,18 +380,19 @@ impl DeliveryContext {
 #[derive(Debug)]
 pub struct SendError(pub String);
 
-/// How long one call of the polling thread waits for delivery reports: 100 ms, as rdkafka's
-/// `ThreadedProducer` does, plus 10 µs. `BaseProducer::poll` waits in whole milliseconds
-/// (the time left, rounded down) and then polls without waiting until its deadline has
-/// passed: with exactly 100 ms it waits 99 ms and spins through the last millisecond, about
-/// 9 ms of CPU a second on an idle producer (perf: `clock_gettime` under `poll`). With the
-/// extra microseconds it waits 100 ms, and the deadline has passed when it wakes up.
-const POLL_STEP: Duration = Duration::from_micros(100_010);
+/// How long one call of the polling thread waits for delivery reports: 1 s plus 10 µs. A
+/// report wakes it at once, so the step only sets how often an idle producer's thread wakes
+/// up for nothing: rdkafka's `ThreadedProducer` polls every 100 ms, ten wake-ups a second
+/// per child, which made an idle child cost twice the Python one's CPU (the fleet bench,
+/// docs/benchmark.md). The 10 µs: `BaseProducer::poll` waits in whole milliseconds (the time
+/// left, rounded down) and then polls without waiting until its deadline has passed; with a
+/// round step it would spin through the last millisecond of each (perf: `clock_gettime`
+/// under `poll`).
+const POLL_STEP: Duration = Duration::from_micros(1_000_010);
 
 /// A `BaseProducer` with a thread that serves its delivery reports: rdkafka's
 /// `ThreadedProducer`, polling in steps of [`POLL_STEP`]. Clones share the producer; the
-/// last one stops the thread, then the producer is dropped as rdkafka drops it (purge, then
-/// a 500 ms flush).
+/// last one dropped stops the thread, which then drops the producer.
 pub struct PolledProducer<C: ProducerContext + 'static> {
     producer: Arc<BaseProducer<C>>,
     should_stop: Arc<AtomicBool>,
@@ -440,12 +441,14 @@ impl<C: ProducerContext + 'static> Clone for PolledProducer<C> {
 }
 
 impl<C: ProducerContext + 'static> Drop for PolledProducer<C> {
+    /// Tells the polling thread to stop, without waiting for it: it notices within a
+    /// [`POLL_STEP`], then drops the producer (rdkafka's drop: purge, then a 500 ms flush).
+    /// Joining would hold every exit up to a second; whoever needs the messages delivered
+    /// flushes first ([`KafkaSink::flush`]), and a child exiting ends the thread anyway.
     fn drop(&mut self) {
         if let Some(handle) = self.handle.take().and_then(Arc::into_inner) {
             self.should_stop.store(true, Ordering::Relaxed);
-            if handle.join().is_err() {
-                warn!("the producer's polling thread panicked");
-            }
+            drop(handle);
         }
     }
 }
