@@ -338,19 +338,22 @@ impl Replicator {
                 }
                 // Exactly-once, replaying after an abort: the messages the broker refused
                 // then are in the dead-letter topic already.
-                let eos = self.eos.as_ref().filter(|eos| eos.has_dead_letters());
-                let done_before = |index: usize| {
-                    eos.is_some_and(|eos| eos.dead_lettered(position.as_ref(), index))
-                };
-                let skipped = (0..messages.len()).filter(|i| done_before(*i)).count();
+                // (An empty Vec does not allocate: nothing is added per record otherwise.)
+                let done_before: Vec<usize> =
+                    match self.eos.as_ref().filter(|eos| eos.has_dead_letters()) {
+                        Some(eos) => (0..messages.len())
+                            .filter(|i| eos.dead_lettered(position.as_ref(), *i))
+                            .collect(),
+                        None => Vec::new(),
+                    };
                 let id = self.frontier.track_arrived(
-                    position.clone(),
-                    (messages.len() - skipped) as u32,
+                    position,
+                    (messages.len() - done_before.len()) as u32,
                     bytes,
                     record.approximate_arrival_timestamp,
                 );
                 for (index, message) in messages.drain(..).enumerate() {
-                    if done_before(index) {
+                    if done_before.contains(&index) {
                         continue;
                     }
                     if let Err(e) = self.sink.send(id, index, &kinesis, message) {
