@@ -482,6 +482,14 @@ struct Transactions {
     position_written: Cell<bool>,
 }
 
+impl Transactions {
+    /// The open transaction was committed or aborted.
+    fn ended(&self) {
+        self.open.set(false);
+        self.position_written.set(false);
+    }
+}
+
 /// How a transactional call failed, as the session acts on it.
 #[derive(Debug)]
 pub enum TxnError {
@@ -1103,8 +1111,7 @@ impl KafkaSink {
         self.producer
             .commit_transaction(timeout)
             .map_err(|e| txn_error("committing the transaction", e))?;
-        transactions.open.set(false);
-        transactions.position_written.set(false);
+        transactions.ended();
         Ok(())
     }
 
@@ -1120,8 +1127,7 @@ impl KafkaSink {
         self.producer
             .abort_transaction(timeout)
             .map_err(|e| txn_error("aborting the transaction", e))?;
-        transactions.open.set(false);
-        transactions.position_written.set(false);
+        transactions.ended();
         Ok(())
     }
 

@@ -737,15 +737,18 @@ impl Replicator {
         let Some(eos) = &self.eos else {
             return String::new();
         };
-        let named: positions::DeadLettered = refused
-            .iter()
-            .filter_map(|r| self.frontier.position(r.id).map(|p| (p, r.index)))
-            .collect();
         // A message of a record without a sequence number cannot be named: it is replayed
         // (and refused) again, as without a dead-letter topic.
+        let mut named = positions::DeadLettered::new();
         let refused: Vec<_> = refused
             .into_iter()
-            .filter(|r| self.frontier.position(r.id).is_some())
+            .filter(|r| match self.frontier.position(r.id) {
+                Some(position) => {
+                    named.insert((position, r.index));
+                    true
+                }
+                None => false,
+            })
             .collect();
         let count = refused.len();
         let value = eos.dead_letter_value(&self.shard_id, &named);
