@@ -9,7 +9,7 @@
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::error::Error;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,7 @@ use crate::checkpoint::{Frontier, Position, RecordId};
 use crate::config::{Config, PartitionStrategy, TimestampSource};
 use crate::metrics::{Metrics, METRICS_SOCKET_ENV};
 use crate::msk_iam::{self, MskIam};
+pub use crate::polled_producer::PolledProducer;
 use crate::produce_again::{self, Delivered, ProduceAgain};
 use crate::transform::{
     KafkaMessage, KinesisRecord, HEADER_ARRIVAL_TIMESTAMP, HEADER_SEQUENCE_NUMBER, HEADER_SHARD_ID,
@@ -379,79 +380,6 @@ impl DeliveryContext {
 /// A message that could not be queued, for a reason that retrying will not fix.
 #[derive(Debug)]
 pub struct SendError(pub String);
-
-/// How long one call of the polling thread waits for delivery reports: 1 s plus 10 µs. A
-/// report wakes it at once, so the step only sets how often an idle producer's thread wakes
-/// up for nothing: rdkafka's `ThreadedProducer` polls every 100 ms, ten wake-ups a second
-/// per child, which made an idle child cost twice the Python one's CPU (the fleet bench,
-/// docs/benchmark.md). The 10 µs: `BaseProducer::poll` waits in whole milliseconds (the time
-/// left, rounded down) and then polls without waiting until its deadline has passed; with a
-/// round step it would spin through the last millisecond of each (perf: `clock_gettime`
-/// under `poll`).
-const POLL_STEP: Duration = Duration::from_micros(1_000_010);
-
-/// A `BaseProducer` with a thread that serves its delivery reports: rdkafka's
-/// `ThreadedProducer`, polling in steps of [`POLL_STEP`]. Clones share the producer; the
-/// last one dropped stops the thread, which then drops the producer.
-pub struct PolledProducer<C: ProducerContext + 'static> {
-    producer: Arc<BaseProducer<C>>,
-    should_stop: Arc<AtomicBool>,
-    handle: Option<Arc<std::thread::JoinHandle<()>>>,
-}
-
-impl<C: ProducerContext + 'static> PolledProducer<C> {
-    pub fn new(producer: BaseProducer<C>) -> std::io::Result<PolledProducer<C>> {
-        let producer = Arc::new(producer);
-        let should_stop = Arc::new(AtomicBool::new(false));
-        let handle = {
-            let producer = Arc::clone(&producer);
-            let should_stop = Arc::clone(&should_stop);
-            std::thread::Builder::new()
-                .name("producer polling thread".into())
-                .spawn(move || {
-                    while !should_stop.load(Ordering::Relaxed) {
-                        producer.poll(POLL_STEP);
-                    }
-                })?
-        };
-        Ok(PolledProducer {
-            producer,
-            should_stop,
-            handle: Some(Arc::new(handle)),
-        })
-    }
-}
-
-impl<C: ProducerContext + 'static> std::ops::Deref for PolledProducer<C> {
-    type Target = BaseProducer<C>;
-
-    fn deref(&self) -> &BaseProducer<C> {
-        &self.producer
-    }
-}
-
-impl<C: ProducerContext + 'static> Clone for PolledProducer<C> {
-    fn clone(&self) -> Self {
-        PolledProducer {
-            producer: Arc::clone(&self.producer),
-            should_stop: Arc::clone(&self.should_stop),
-            handle: self.handle.clone(),
-        }
-    }
-}
-
-impl<C: ProducerContext + 'static> Drop for PolledProducer<C> {
-    /// Tells the polling thread to stop, without waiting for it: it notices within a
-    /// [`POLL_STEP`], then drops the producer (rdkafka's drop: purge, then a 500 ms flush).
-    /// Joining would hold every exit up to a second; whoever needs the messages delivered
-    /// flushes first ([`KafkaSink::flush`]), and a child exiting ends the thread anyway.
-    fn drop(&mut self) {
-        if let Some(handle) = self.handle.take().and_then(Arc::into_inner) {
-            self.should_stop.store(true, Ordering::Relaxed);
-            drop(handle);
-        }
-    }
-}
 
 /// The producer, with what it needs to address and account for every message.
 pub struct KafkaSink {

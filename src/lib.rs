@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod metrics_server;
 pub mod msk_iam;
 pub mod otlp;
+pub mod polled_producer;
 pub mod positions;
 pub mod processing;
 pub mod produce_again;
