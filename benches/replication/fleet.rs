@@ -74,6 +74,7 @@ pub struct FleetResult {
     pub rss_mean_mib: f64,
     pub rss_max_mib: f64,
     pub anon_mean_mib: f64,
+    pub pss_mean_mib: f64,
     pub threads_mean: f64,
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
@@ -265,6 +266,17 @@ fn rss_threads(pid: u32) -> Option<(u64, u64, u64)> {
             .and_then(|v| v.parse::<u64>().ok())
     };
     Some((field("VmRSS:")?, field("RssAnon:")?, field("Threads:")?))
+}
+
+/// Pss from smaps_rollup, in KiB: the child's own pages plus its share of every page it
+/// maps with others (the binary's text counts 1/N in each of N children). Summed over the
+/// children it is what they take from the host together, which RSS overcounts N times.
+fn pss_kib(pid: u32) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    text.lines()
+        .find(|l| l.starts_with("Pss:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
 }
 
 /// Runs every configuration: for each N, each mode, each kind (Rust, then Python).
@@ -524,6 +536,11 @@ fn run_one(
     let (busy1, total1) = host_jiffies();
     let elapsed = t0.elapsed().as_secs_f64();
     let mem: Vec<(u64, u64, u64)> = pids.iter().filter_map(|p| rss_threads(*p)).collect();
+    let pss: Vec<f64> = pids
+        .iter()
+        .filter_map(|p| pss_kib(*p))
+        .map(|k| k as f64 / 1024.0)
+        .collect();
     for t in threads {
         let _ = t.join();
     }
@@ -561,6 +578,7 @@ fn run_one(
         rss_mean_mib: rss.iter().sum::<f64>() / rss.len().max(1) as f64,
         rss_max_mib: rss.iter().copied().fold(0.0, f64::max),
         anon_mean_mib: anon.iter().sum::<f64>() / anon.len().max(1) as f64,
+        pss_mean_mib: pss.iter().sum::<f64>() / pss.len().max(1) as f64,
         threads_mean: mem.iter().map(|(_, _, t)| *t as f64).sum::<f64>() / mem.len().max(1) as f64,
         p50_ms: percentile(&lat, 0.50),
         p99_ms: percentile(&lat, 0.99),
@@ -581,9 +599,9 @@ fn opt(v: Option<f64>, digits: usize) -> String {
 
 pub fn print_fleet_header() {
     println!(
-        "| child | load | N | records/s asked | achieved | CPU, all children (cores) | per child (ms/s) | broker (cores) | host busy (cores) | RSS mean / max (MiB) | private (RssAnon) mean (MiB) | threads | hand-off to readable p50 / p99 (ms) | status p99 (ms) |"
+        "| child | load | N | records/s asked | achieved | CPU, all children (cores) | per child (ms/s) | broker (cores) | host busy (cores) | RSS mean / max (MiB) | private (RssAnon) mean (MiB) | PSS mean (MiB) | threads | hand-off to readable p50 / p99 (ms) | status p99 (ms) |"
     );
-    println!("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    println!("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
 }
 
 pub fn fleet_row(r: &FleetResult) -> String {
@@ -593,7 +611,7 @@ pub fn fleet_row(r: &FleetResult) -> String {
         }
     }
     format!(
-        "| {} | {} | {} | {:.0} | {:.0} | {:.3} | {:.2} | {} | {:.2} | {:.1} / {:.1} | {:.1} | {:.0} | {} / {} | {} |{}",
+        "| {} | {} | {} | {:.0} | {:.0} | {:.3} | {:.2} | {} | {:.2} | {:.1} / {:.1} | {:.1} | {:.1} | {:.0} | {} / {} | {} |{}",
         r.kind,
         r.mode,
         r.children,
@@ -606,6 +624,7 @@ pub fn fleet_row(r: &FleetResult) -> String {
         r.rss_mean_mib,
         r.rss_max_mib,
         r.anon_mean_mib,
+        r.pss_mean_mib,
         r.threads_mean,
         opt(r.p50_ms, 1),
         opt(r.p99_ms, 1),
@@ -623,7 +642,7 @@ pub fn fleet_json(r: &FleetResult) -> serde_json::Value {
         "kind": r.kind, "mode": r.mode, "children": r.children, "seconds": r.seconds,
         "asked_rps": r.asked_rps, "achieved_rps": r.achieved_rps,
         "children_cores": r.children_cores, "broker_cores": r.broker_cores,
-        "host_cores": r.host_cores, "rss_mean_mib": r.rss_mean_mib, "rss_max_mib": r.rss_max_mib, "anon_mean_mib": r.anon_mean_mib,
+        "host_cores": r.host_cores, "rss_mean_mib": r.rss_mean_mib, "rss_max_mib": r.rss_max_mib, "anon_mean_mib": r.anon_mean_mib, "pss_mean_mib": r.pss_mean_mib,
         "threads_mean": r.threads_mean, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
         "latency_samples": r.samples, "status_p99_ms": r.status_p99_ms,
         "failed": r.failed, "error": r.error, "load_average_after": load_average(),
