@@ -9,7 +9,7 @@
 //! This thread never waits inside librdkafka. It asks librdkafka to call back when the
 //! producer's main queue (delivery reports, errors, logs) goes from empty to not empty
 //! (`rd_kafka_queue_cb_event_enable`); the callback unparks the thread, which serves the
-//! queue without waiting until it is empty, then parks again. An idle producer's thread
+//! queue until it is empty, never waiting inside librdkafka, then parks again. An idle producer's thread
 //! sleeps until there is something to do, and a busy one never spins.
 
 use std::ffi::c_void;
