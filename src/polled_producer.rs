@@ -198,6 +198,21 @@ mod tests {
         }
     }
 
+    /// A mock cluster with topic `t`, and a producer to it that counts its deliveries.
+    fn counting_producer() -> (
+        MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+        BaseProducer<Counting>,
+    ) {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("t", 1, 1).unwrap();
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("linger.ms", "0")
+            .create_with_context(Counting::default())
+            .unwrap();
+        (cluster, producer)
+    }
+
     fn wait_for(what: &str, done: impl Fn() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while !done() {
@@ -212,13 +227,7 @@ mod tests {
     /// wake-up).
     #[test]
     fn the_thread_serves_every_delivery_report_without_anyone_polling() {
-        let cluster = MockCluster::new(1).unwrap();
-        cluster.create_topic("t", 1, 1).unwrap();
-        let producer: BaseProducer<Counting> = ClientConfig::new()
-            .set("bootstrap.servers", cluster.bootstrap_servers())
-            .set("linger.ms", "0")
-            .create_with_context(Counting::default())
-            .unwrap();
+        let (_cluster, producer) = counting_producer();
         let producer =
             PolledProducer::with_park_limit(producer, Duration::from_secs(3600)).unwrap();
         let context = Arc::clone(producer.context());
@@ -243,12 +252,7 @@ mod tests {
     /// gone when the drop returns, not a polling step later.
     #[test]
     fn dropping_the_last_clone_stops_the_thread_and_releases_the_producer() {
-        let cluster = MockCluster::new(1).unwrap();
-        cluster.create_topic("t", 1, 1).unwrap();
-        let producer: BaseProducer<Counting> = ClientConfig::new()
-            .set("bootstrap.servers", cluster.bootstrap_servers())
-            .create_with_context(Counting::default())
-            .unwrap();
+        let (_cluster, producer) = counting_producer();
         let producer = PolledProducer::new(producer).unwrap();
         let context = Arc::clone(producer.context());
         let clone = producer.clone();
