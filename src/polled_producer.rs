@@ -74,13 +74,7 @@ fn serve<C: ProducerContext>(
     should_stop: &AtomicBool,
     park_limit: Duration,
 ) {
-    let Some(main_queue) = MainQueue::of(producer) else {
-        warn!("no handle on the producer's main queue; polling it in 100 ms steps instead");
-        while !should_stop.load(Ordering::Acquire) {
-            producer.poll(Duration::from_millis(100));
-        }
-        return;
-    };
+    let main_queue = MainQueue::of(producer);
     // The callback owns nothing: it borrows this box, which outlives it because the
     // callback is switched off (under the queue's lock, so not while it runs) before the
     // box is dropped.
@@ -115,11 +109,12 @@ unsafe extern "C" fn unpark(_rk: *mut rdsys::rd_kafka_t, opaque: *mut c_void) {
 struct MainQueue(*mut rdsys::rd_kafka_queue_t);
 
 impl MainQueue {
-    fn of<C: ProducerContext>(producer: &BaseProducer<C>) -> Option<MainQueue> {
+    /// `rd_kafka_queue_get_main` cannot fail: it wraps the client's own reply queue in a new
+    /// handle (librdkafka aborts on allocation failure), as rdkafka's own `main_queue` relies on.
+    fn of<C: ProducerContext>(producer: &BaseProducer<C>) -> MainQueue {
         // SAFETY: the client pointer is valid for the producer's life, which outlives this
         // handle (both live in `serve`).
-        let queue = unsafe { rdsys::rd_kafka_queue_get_main(producer.client().native_ptr()) };
-        (!queue.is_null()).then_some(MainQueue(queue))
+        MainQueue(unsafe { rdsys::rd_kafka_queue_get_main(producer.client().native_ptr()) })
     }
 
     fn len(&self) -> usize {
